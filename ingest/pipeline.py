@@ -1,0 +1,219 @@
+"""Decode → check the device → normalise units → validate, for one message.
+
+:class:`Pipeline` is pure apart from the inventory lookup it is given: it turns ``(topic, payload,
+received_at)`` into the rows to store (already in the text form of ``COPY``) and the rejections,
+one per (message, reason). A message can be partly stored: records with a bad unit or value are
+rejected with their reason while the good records of the same message are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sobriety.contract import METRICS, accepted_units, parse_topic, unit_conversion
+from sobriety.errors import RejectError, RejectReason
+from sobriety.payloads import RawRecord, RecordProblem, decode
+
+DeviceLookup = Callable[[str, str], int | None]
+"""(site, device) -> device id, or None when the device is not in the inventory."""
+
+_MAX_DETAILS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Validation limits: payload size [bytes], records per message, time window [s]."""
+
+    max_payload_bytes: int = 65536
+    max_records: int = 1000
+    past_window_s: float = 7 * 86400.0
+    future_window_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A rejected message (or part of one), as stored in ``rejected_messages``."""
+
+    received_at: float
+    topic: str
+    site: str | None
+    device: str | None
+    reason: RejectReason
+    detail: str
+    payload: bytes
+    payload_bytes: int
+
+    @property
+    def fingerprint(self) -> bytes:
+        """Identity of a rejection: same topic, reason and payload are one rejected message."""
+        digest = hashlib.sha256()
+        for part in (self.topic.encode(), self.reason.value.encode(), self.payload):
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
+        return digest.digest()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one message gives: rows to store and rejections.
+
+    Rows are lines of ``COPY`` text: ``t_us<TAB>device_id<TAB>metric_id<TAB>value<LF>``.
+    """
+
+    rows: list[str] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    newest: float = 0.0  # newest reading time [s since epoch], for lag measurement
+
+
+class Pipeline:
+    """Validates messages against the contract, the inventory and the limits."""
+
+    def __init__(self, lookup: DeviceLookup, root: str, limits: Limits | None = None) -> None:
+        self.lookup = lookup
+        self._root = root
+        self.limits = limits or Limits()
+        # metric name -> (id, low, high); unit conversions cached per (metric, unit).
+        self._metrics = {name: (m.id, m.low, m.high) for name, m in METRICS.items()}
+        self._units: dict[tuple[str, str | None], tuple[float, float] | None] = {}
+
+    def _reject(
+        self,
+        out: Outcome,
+        topic: str,
+        payload: bytes,
+        received_at: float,
+        site: str | None,
+        device: str | None,
+        reason: RejectReason,
+        detail: str,
+    ) -> None:
+        cut = payload[: self.limits.max_payload_bytes]
+        out.rejections.append(
+            Rejection(received_at, topic, site, device, reason, detail, cut, len(payload))
+        )
+
+    def process(self, topic: str, payload: bytes, received_at: float) -> Outcome:
+        """Validate one message received at ``received_at`` [s since epoch]."""
+        out = Outcome()
+        site = device = None
+        try:
+            parts = parse_topic(topic, self._root)
+            site, device = parts.site, parts.device
+            if parts.channel != "up":
+                raise RejectError(RejectReason.INVALID_TOPIC, "telemetry goes to the up channel")
+            if len(payload) > self.limits.max_payload_bytes:
+                raise RejectError(
+                    RejectReason.TOO_LARGE,
+                    f"{len(payload)} bytes > max_payload_bytes {self.limits.max_payload_bytes}",
+                )
+            device_id = self.lookup(site, device)
+            if device_id is None:
+                raise RejectError(
+                    RejectReason.UNKNOWN_DEVICE,
+                    f"device {device!r} of site {site!r} is not in the inventory",
+                )
+            records, problems = decode(payload, device, received_at)
+            if len(records) + len(problems) > self.limits.max_records:
+                raise RejectError(
+                    RejectReason.TOO_LARGE,
+                    f"{len(records) + len(problems)} records > max_records "
+                    f"{self.limits.max_records}",
+                )
+        except RejectError as exc:
+            self._reject(out, topic, payload, received_at, site, device, exc.reason, exc.detail)
+            return out
+        self.check_records(
+            out, topic, payload, received_at, parts.site, parts.device, device_id, records, problems
+        )
+        return out
+
+    def check_records(
+        self,
+        out: Outcome,
+        topic: str,
+        payload: bytes,
+        received_at: float,
+        site: str,
+        device: str,
+        device_id: int,
+        records: list[RawRecord],
+        problems: list[RecordProblem],
+        where: str | None = None,
+    ) -> None:
+        """Normalise and validate decoded records of a registered device into ``out``.
+
+        Also used by ``sobriety import readings`` with records read from CSV; ``where`` then
+        replaces the record number in rejection details (``line 12``).
+        """
+        lo = received_at - self.limits.past_window_s
+        hi = received_at + self.limits.future_window_s
+        metrics = self._metrics
+        units = self._units
+        rows = out.rows
+        newest = 0.0
+        for index, rec in enumerate(records):
+            known = metrics.get(rec.metric)
+            if known is None:
+                problems.append(
+                    RecordProblem(index, RejectReason.UNKNOWN_METRIC, f"metric {rec.metric!r}")
+                )
+                continue
+            metric_id, low, high = known
+            key = (rec.metric, rec.unit)
+            conv = units.get(key)
+            if conv is None and key not in units:
+                conv = units[key] = unit_conversion(rec.metric, rec.unit)
+            if conv is None:
+                problems.append(
+                    RecordProblem(
+                        index,
+                        RejectReason.UNKNOWN_UNIT,
+                        f"{rec.unit!r} is not a unit of {rec.metric} "
+                        f"(accepted: {', '.join(accepted_units(rec.metric))})",
+                    )
+                )
+                continue
+            value = rec.value * conv[0] + conv[1]
+            if not math.isfinite(value):
+                problems.append(RecordProblem(index, RejectReason.INVALID_VALUE, "not finite"))
+                continue
+            if not low <= value <= high:
+                problems.append(
+                    RecordProblem(
+                        index,
+                        RejectReason.OUT_OF_RANGE,
+                        f"{rec.metric} = {value:g} {METRICS[rec.metric].unit} outside "
+                        f"[{low:g}, {high:g}]",
+                    )
+                )
+                continue
+            when = rec.time
+            if not lo <= when <= hi:
+                problems.append(
+                    RecordProblem(
+                        index,
+                        RejectReason.TIMESTAMP_OUT_OF_WINDOW,
+                        f"time {when:.3f} is {received_at - when:+.0f} s from reception "
+                        f"(window -{self.limits.past_window_s:g} s .. "
+                        f"+{self.limits.future_window_s:g} s)",
+                    )
+                )
+                continue
+            if when > newest:
+                newest = when
+            rows.append(f"{round(when * 1e6)}\t{device_id}\t{metric_id}\t{value!r}\n")
+        out.newest = max(out.newest, newest)
+        if problems:
+            by_reason: dict[RejectReason, list[str]] = {}
+            for problem in problems:
+                by_reason.setdefault(problem.reason, []).append(
+                    f"{where or f'record {problem.index}'}: {problem.detail}"
+                )
+            for reason, details in by_reason.items():
+                detail = "; ".join(details[:_MAX_DETAILS])
+                if len(details) > _MAX_DETAILS:
+                    detail += f"; and {len(details) - _MAX_DETAILS} more"
+                self._reject(out, topic, payload, received_at, site, device, reason, detail)

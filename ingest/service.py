@@ -1,0 +1,424 @@
+"""``sobriety ingest``: MQTT ``{root}/+/+/up`` → validate → batch → PostgreSQL (or spool).
+
+Threads: paho's network thread receives, validates and appends to the :class:`Batcher`; one
+writer thread takes a batch (``batch_rows`` rows or ``batch_ms`` after its first message),
+commits it (or appends it to the durable spool when the database is down), and only then
+acknowledges its QoS 1/2 messages, in the order they arrived. The session is persistent (fixed
+client id, ``clean_start`` false, session expiry), so the broker keeps what is not acknowledged
+and queues while the ingest is away; MQTT 5 ``Receive Maximum`` bounds what is held unacknowledged,
+and so the memory used. A kill -9 loses nothing acknowledged; what was not acknowledged comes
+again and is deduplicated on (device, metric, time).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import CollectorRegistry, start_http_server
+
+from ingest.metrics import IngestMetrics
+from ingest.pipeline import Limits, Outcome, Pipeline, Rejection
+from ingest.spool import Spool, SpoolFullError, decode_frame, encode_frame
+from ingest.store import Store
+from sobriety.config import Config
+from sobriety.contract import uplink_filter
+from sobriety.db import DatabaseError, connect
+from sobriety.errors import RejectReason
+
+log = logging.getLogger("sobriety.ingest")
+
+
+class InventoryCache:
+    """(site, device) → device id, reloaded on a miss at most every ``refresh_s`` seconds.
+
+    A snapshot is kept in the spool directory so that the ingest can start (and validate)
+    while the database is down.
+    """
+
+    def __init__(self, conninfo: str, refresh_s: float, snapshot: Path) -> None:
+        self._conninfo = conninfo
+        self._refresh_s = refresh_s
+        self._snapshot = snapshot
+        self._ids: dict[tuple[str, str], int] = {}
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+
+    def load(self) -> bool:
+        """Reload from the database (True), or from the snapshot when it is down (False)."""
+        try:
+            with connect(self._conninfo, timeout_s=3) as conn:
+                rows = conn.execute("SELECT site, device, id FROM devices").fetchall()
+        except (DatabaseError, psycopg.Error) as exc:
+            self._loaded_at = time.monotonic()
+            if not self._ids and self._snapshot.exists():
+                data = orjson.loads(self._snapshot.read_bytes())
+                self._ids = {(s, d): i for s, d, i in data}
+                log.warning("database unreachable (%s); using the inventory snapshot", exc)
+            return False
+        ids = {(s, d): i for s, d, i in rows}
+        with self._lock:
+            self._ids = ids
+            self._loaded_at = time.monotonic()
+        tmp = self._snapshot.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(rows))
+        tmp.replace(self._snapshot)
+        return True
+
+    @property
+    def size(self) -> int:
+        """Devices known."""
+        return len(self._ids)
+
+    def lookup(self, site: str, device: str) -> int | None:
+        """The device id, or None when the device is not registered."""
+        found = self._ids.get((site, device))
+        if found is None and time.monotonic() - self._loaded_at >= self._refresh_s:
+            self.load()
+            found = self._ids.get((site, device))
+        return found
+
+
+@dataclass(slots=True)
+class Batch:
+    """Messages gathered for one write. ``acks`` are (connection generation, mid, qos)."""
+
+    rows: list[str] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    acks: list[tuple[int, int, int]] = field(default_factory=list)
+    newest: list[float] = field(default_factory=list)
+    messages: int = 0
+    started: float = 0.0
+
+    @property
+    def size(self) -> int:
+        """Rows plus rejections: what the batch limit counts."""
+        return len(self.rows) + len(self.rejections)
+
+
+class Batcher:
+    """Gathers outcomes until ``max_rows`` or ``max_ms`` after the first one."""
+
+    def __init__(self, max_rows: int, max_ms: int) -> None:
+        self._max_rows = max_rows
+        self._max_s = max_ms / 1000.0
+        self._batch = Batch()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def add(self, outcome: Outcome, ack: tuple[int, int, int] | None) -> bool:
+        """Add one message's outcome; False when closed (the message stays unacknowledged)."""
+        with self._cond:
+            if self._closed:
+                return False
+            batch = self._batch
+            if not batch.messages:
+                batch.started = time.monotonic()
+            batch.messages += 1
+            batch.rows.extend(outcome.rows)
+            batch.rejections.extend(outcome.rejections)
+            if ack is not None:
+                batch.acks.append(ack)
+            if outcome.newest:
+                batch.newest.append(outcome.newest)
+            if batch.size >= self._max_rows:
+                self._cond.notify()
+        return True
+
+    def pending(self) -> int:
+        """Messages in the open batch."""
+        return self._batch.messages
+
+    def take(self, timeout: float) -> Batch | None:
+        """The batch when full or due, waiting at most ``timeout`` s; None if nothing is due."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                batch = self._batch
+                now = time.monotonic()
+                due = batch.messages and (
+                    batch.size >= self._max_rows
+                    or now - batch.started >= self._max_s
+                    or self._closed
+                )
+                if due:
+                    self._batch = Batch()
+                    return batch
+                if now >= deadline:
+                    return None
+                wait = deadline - now
+                if batch.messages:
+                    wait = min(wait, batch.started + self._max_s - now)
+                self._cond.wait(max(wait, 0.001))
+
+    def close(self) -> None:
+        """Refuse new messages; the open batch becomes due at once."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class IngestService:
+    """The ingest: one MQTT session, one writer, one spool."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        icfg = config.ingest
+        self.registry = registry or CollectorRegistry()
+        self.metrics = IngestMetrics(self.registry)
+        spool_dir = icfg.spool_dir / config.mqtt.client_id
+        self.spool = Spool(spool_dir, icfg.spool_max_bytes)
+        conninfo = config.db_conninfo()
+        self.inventory = InventoryCache(
+            conninfo, icfg.inventory_refresh_s, spool_dir / "inventory.json"
+        )
+        self.pipeline = Pipeline(
+            self.inventory.lookup,
+            config.mqtt.root,
+            Limits(
+                icfg.max_payload_bytes, icfg.max_records, icfg.past_window_s, icfg.future_window_s
+            ),
+        )
+        self.store = Store(conninfo, config.database.connect_timeout_s)
+        self.batcher = Batcher(icfg.batch_rows, icfg.batch_ms)
+        self.stopping = threading.Event()
+        self._generation = 0
+        self._db_retry_at = 0.0
+        self._db_backoff = 0.5
+        self._client: mqtt.Client | None = None
+        self._writer: threading.Thread | None = None
+        self._http: Any = None
+        self.metrics.spool_bytes.set(self.spool.size_bytes)
+
+    # --- MQTT ---------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        mcfg = self.config.mqtt
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=mcfg.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if mcfg.username:
+            client.username_pw_set(mcfg.username, self.config.mqtt_password())
+        client.reconnect_delay_set(1, max(1, int(mcfg.reconnect_max_s)))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        self._generation += 1
+        self.metrics.broker_connected.set(1)
+        topic = uplink_filter(self.config.mqtt.root, self.config.mqtt.shared_group)
+        client.subscribe(topic, options=SubscribeOptions(qos=1))
+        log.info(
+            "connected to %s (session present: %s); subscribed to %s",
+            self.config.mqtt.url,
+            flags.session_present,
+            topic,
+        )
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.metrics.broker_connected.set(0)
+        if not self.stopping.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        received_at = time.time()
+        self.metrics.received.inc()
+        topic = msg._topic.decode("utf-8", "replace")
+        try:
+            outcome = self.pipeline.process(topic, bytes(msg.payload), received_at)
+        except Exception as exc:  # a bug must not stop the ingest nor lose the message
+            log.exception("internal error on a message of %s", topic)
+            outcome = Outcome()
+            outcome.rejections.append(
+                Rejection(
+                    received_at,
+                    topic,
+                    None,
+                    None,
+                    RejectReason.INTERNAL_ERROR,
+                    repr(exc),
+                    bytes(msg.payload[: self.pipeline.limits.max_payload_bytes]),
+                    len(msg.payload),
+                )
+            )
+        for rej in outcome.rejections:
+            self.metrics.rejected.labels(reason=rej.reason.value).inc()
+        ack = (self._generation, msg.mid, msg.qos) if msg.qos else None
+        self.batcher.add(outcome, ack)
+
+    # --- writing ------------------------------------------------------------------------------
+    def _db_may_try(self) -> bool:
+        return time.monotonic() >= self._db_retry_at
+
+    def _db_failed(self, exc: Exception) -> None:
+        if self.metrics.db_up._value.get() != 0:
+            log.warning("database unavailable (%s); spooling to %s", exc, self.spool.directory)
+        self.metrics.db_up.set(0)
+        self._db_retry_at = time.monotonic() + self._db_backoff
+        self._db_backoff = min(self._db_backoff * 2, self.config.ingest.db_retry_max_s)
+
+    def _db_ok(self) -> None:
+        if self.metrics.db_up._value.get() != 1:
+            log.info("database available")
+        self.metrics.db_up.set(1)
+        self._db_backoff = 0.5
+
+    def _persist(self, batch: Batch) -> bool:
+        """Make the batch durable (database or spool). False only when stopping and neither
+        could take it: its messages then stay unacknowledged for the broker to redeliver."""
+        rows = "".join(batch.rows).encode()
+        while True:
+            if self._db_may_try():
+                started = time.perf_counter()
+                try:
+                    result = self.store.write(rows, len(batch.rows), batch.rejections)
+                except psycopg.OperationalError as exc:
+                    self._db_failed(exc)
+                except psycopg.Error as exc:
+                    log.error("database refused a batch (%s); it goes to the spool", exc)
+                else:
+                    self.metrics.batch_write.observe(time.perf_counter() - started)
+                    self.metrics.stored.inc(result.stored)
+                    self.metrics.duplicates.inc(result.duplicates)
+                    self._db_ok()
+                    return True
+            try:
+                self.spool.append(encode_frame(rows, len(batch.rows), batch.rejections))
+                self.metrics.spooled.inc()
+                self.metrics.spool_bytes.set(self.spool.size_bytes)
+                return True
+            except SpoolFullError as exc:
+                if self.stopping.is_set():
+                    log.error("%s and the database is down: leaving messages unacknowledged", exc)
+                    return False
+                log.error("%s; holding messages until the database is back", exc)
+                time.sleep(max(0.05, self._db_retry_at - time.monotonic()))
+
+    def _ack(self, batch: Batch) -> None:
+        client = self._client
+        now = time.time()
+        for newest in batch.newest:
+            self.metrics.lag.observe(now - newest)
+        if client is None:
+            return
+        generation = self._generation
+        for gen, mid, qos in batch.acks:
+            # An id from an earlier connection may now name another message: the broker
+            # redelivers the old one, which is then stored (deduplicated) and acknowledged.
+            if gen == generation:
+                client.ack(mid, qos)
+
+    def drain_spool(self, budget_s: float) -> None:
+        """Replay spooled segments into the database for at most about ``budget_s`` seconds."""
+        deadline = time.monotonic() + budget_s
+        while self.spool.size_bytes and self._db_may_try() and time.monotonic() < deadline:
+            found = self.spool.oldest()
+            if found is None:
+                break
+            path, frames = found
+            try:
+                for body in frames:
+                    frame = decode_frame(body)
+                    self.store.write(frame.rows, frame.n_rows, frame.rejections)
+            except psycopg.OperationalError as exc:
+                self._db_failed(exc)
+                return
+            except psycopg.Error as exc:
+                target = self.spool.quarantine(path)
+                log.error("database refuses spool segment (%s); kept at %s", exc, target)
+            else:
+                self.spool.remove(path)
+                self._db_ok()
+                log.info("replayed spool segment %s (%d frames)", path.name, len(frames))
+            self.metrics.spool_bytes.set(self.spool.size_bytes)
+
+    def _writer_loop(self) -> None:
+        wait = self.config.ingest.batch_ms / 1000.0
+        while True:
+            batch = self.batcher.take(timeout=wait)
+            if batch is not None:
+                if self._persist(batch):
+                    self._ack(batch)
+                self.metrics.pending.set(self.batcher.pending())
+            elif self.stopping.is_set():
+                return
+            if self.spool.size_bytes and not self.stopping.is_set():
+                self.drain_spool(budget_s=wait)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the inventory, start the metrics endpoint, the writer and the MQTT session."""
+        mcfg = self.config.mqtt
+        while not self.inventory.load() and self.inventory.size == 0:
+            if self.stopping.wait(2.0):
+                return
+            log.warning("waiting for the database to load the inventory")
+        log.info("inventory: %d devices", self.inventory.size)
+        if self.config.metrics.port:
+            self._http = start_http_server(
+                self.config.metrics.port, self.config.metrics.host, registry=self.registry
+            )
+        self._writer = threading.Thread(target=self._writer_loop, name="ingest-writer")
+        self._writer.start()
+        self._client = self._make_client()
+        url = urlsplit(mcfg.url)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = mcfg.session_expiry_s
+        props.ReceiveMaximum = mcfg.receive_maximum
+        self._client.connect_async(
+            url.hostname or "127.0.0.1",
+            url.port or 1883,
+            keepalive=mcfg.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Flush what was received, acknowledge it, disconnect (the session stays)."""
+        self.stopping.set()
+        self.batcher.close()
+        if self._writer is not None:
+            self._writer.join()
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        self.store.close()
+        if self._http is not None:
+            server, thread = self._http
+            server.shutdown()
+            thread.join(timeout=5)
+        log.info("ingest stopped")
+
+    def run(self) -> None:
+        """Start, wait for :attr:`stopping` (set by SIGTERM/SIGINT), stop."""
+        self.start()
+        try:
+            while not self.stopping.wait(60.0):
+                log.info(
+                    "received %d messages, stored %d readings, spool %d bytes",
+                    self.metrics.received._value.get(),
+                    self.metrics.stored._value.get(),
+                    self.spool.size_bytes,
+                )
+        finally:
+            self.stop()

@@ -1,0 +1,172 @@
+"""A bounded, durable local spool for batches the database could not take.
+
+Segments are files ``NNNNNNNNNNNN.spool`` in one directory, each a sequence of frames::
+
+    magic b"SPL1" | body length (u32 LE) | CRC-32 of body (u32 LE) | body
+
+:meth:`Spool.append` returns only once the frame is written and ``fsync``-ed: only then may the
+ingest acknowledge the MQTT messages of the batch. A torn frame at the end of a segment (a crash
+during the write) fails its CRC and is skipped: it was never acknowledged, so the broker delivers
+those messages again. Frames are replayed oldest first and a segment is deleted once all its
+frames are in the database; replaying a frame twice is harmless (readings are deduplicated).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from ingest.pipeline import Rejection
+from sobriety.errors import RejectReason, SobrietyError
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"SPL1"
+_HEADER = struct.Struct("<4sII")
+_SEGMENT_BYTES = 16 << 20
+
+
+class SpoolFullError(SobrietyError):
+    """The spool has reached its configured size; the batch was not written."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledBatch:
+    """What a frame holds: COPY rows (text), their count and the rejections."""
+
+    rows: bytes
+    n_rows: int
+    rejections: list[Rejection]
+
+
+def encode_frame(rows: bytes, n_rows: int, rejections: list[Rejection]) -> bytes:
+    """The body of a frame."""
+    rej = orjson.dumps(
+        [
+            [
+                r.received_at,
+                r.topic,
+                r.site,
+                r.device,
+                r.reason.value,
+                r.detail,
+                r.payload.hex(),
+                r.payload_bytes,
+            ]
+            for r in rejections
+        ]
+    )
+    return struct.pack("<IQ", n_rows, len(rows)) + rows + rej
+
+
+def decode_frame(body: bytes) -> SpooledBatch:
+    """Inverse of :func:`encode_frame`."""
+    n_rows, size = struct.unpack_from("<IQ", body)
+    start = struct.calcsize("<IQ")
+    rows = body[start : start + size]
+    rejections = [
+        Rejection(t, topic, site, device, RejectReason(reason), detail, bytes.fromhex(p), n)
+        for t, topic, site, device, reason, detail, p, n in orjson.loads(body[start + size :])
+    ]
+    return SpooledBatch(rows, n_rows, rejections)
+
+
+class Spool:
+    """Append-only segments under ``directory``, at most ``max_bytes`` in all."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self._size = sum(p.stat().st_size for p in self._segments())
+        self._current: Path | None = None
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob("*.spool"))
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes on disk in all segments."""
+        return self._size
+
+    def __len__(self) -> int:
+        return len(self._segments())
+
+    def append(self, body: bytes) -> None:
+        """Write one frame durably (written and fsync-ed before returning)."""
+        frame_len = _HEADER.size + len(body)
+        if self._size + frame_len > self.max_bytes:
+            raise SpoolFullError(
+                f"spool {self.directory} holds {self._size} bytes; max_bytes {self.max_bytes}"
+            )
+        if self._current is None or self._current.stat().st_size >= _SEGMENT_BYTES:
+            existing = self._segments()
+            seq = int(existing[-1].stem) + 1 if existing else 1
+            self._current = self.directory / f"{seq:012d}.spool"
+        header = _HEADER.pack(_MAGIC, len(body), zlib.crc32(body))
+        fd = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, header + body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._size += frame_len
+        self._fsync_directory()
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def oldest(self) -> tuple[Path, list[bytes]] | None:
+        """The oldest segment that is not being written, with its intact frame bodies.
+
+        The segment being appended to is closed first (the next append starts a new one).
+        """
+        segments = self._segments()
+        if not segments:
+            return None
+        path = segments[0]
+        if path == self._current:
+            self._current = None
+        return path, list(_read_frames(path))
+
+    def remove(self, path: Path) -> None:
+        """Delete a segment whose frames are all in the database."""
+        size = path.stat().st_size
+        path.unlink()
+        self._size -= size
+        self._fsync_directory()
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a segment the database refuses (not a connection problem) aside, keeping it."""
+        target = self.directory / "failed" / path.name
+        target.parent.mkdir(exist_ok=True)
+        size = path.stat().st_size
+        path.rename(target)
+        self._size -= size
+        return target
+
+
+def _read_frames(path: Path) -> Iterator[bytes]:
+    data = path.read_bytes()
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        magic, length, crc = _HEADER.unpack_from(data, offset)
+        body = data[offset + _HEADER.size : offset + _HEADER.size + length]
+        if magic != _MAGIC or len(body) != length or zlib.crc32(body) != crc:
+            log.warning("spool %s: torn or corrupt frame at byte %d skipped", path, offset)
+            return
+        yield body
+        offset += _HEADER.size + length
+    if offset != len(data):
+        log.warning("spool %s: %d trailing bytes of a torn frame skipped", path, len(data) - offset)

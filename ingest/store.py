@@ -1,0 +1,150 @@
+"""Writes batches to PostgreSQL: ``COPY`` into a staging table, then one deduplicating insert.
+
+Readings go through a temporary table (``COPY`` text format, built by the pipeline) and
+``INSERT … ON CONFLICT DO NOTHING`` on (device, metric, time), so a redelivered message is stored
+once. Rejections are upserted on their fingerprint in the same transaction: a batch is durable as
+a whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+from ingest.pipeline import Rejection
+from sobriety.clock import utc
+from sobriety.db import connect
+
+log = logging.getLogger(__name__)
+
+_STAGE = """CREATE TEMPORARY TABLE IF NOT EXISTS readings_stage (
+    t_us bigint NOT NULL, device_id integer NOT NULL, metric_id smallint NOT NULL,
+    value double precision NOT NULL) ON COMMIT DELETE ROWS"""
+_MERGE = """INSERT INTO readings (time, device_id, metric_id, value)
+    SELECT 'epoch'::timestamptz + t_us * interval '1 microsecond', device_id, metric_id, value
+    FROM readings_stage
+    ON CONFLICT DO NOTHING"""
+_STATUS = """INSERT INTO device_status AS s (device_id, last_reading_at, last_received_at)
+    SELECT device_id, 'epoch'::timestamptz + max(t_us) * interval '1 microsecond', now()
+    FROM readings_stage GROUP BY device_id
+    ON CONFLICT (device_id) DO UPDATE
+    SET last_reading_at = greatest(s.last_reading_at, EXCLUDED.last_reading_at),
+        last_received_at = EXCLUDED.last_received_at"""
+_REJECT = """INSERT INTO rejected_messages AS r (fingerprint, received_at, last_received_at,
+        times_seen, topic, site, device, reason, detail, payload, payload_bytes)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (fingerprint) DO UPDATE
+    SET times_seen = r.times_seen + EXCLUDED.times_seen,
+        last_received_at = EXCLUDED.last_received_at, detail = EXCLUDED.detail
+    WHERE r.last_received_at < EXCLUDED.last_received_at"""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Rows newly stored, rows already present (duplicates), rejections written."""
+
+    stored: int
+    duplicates: int
+    rejected: int
+
+
+def _group_rejections(rejections: Sequence[Rejection]) -> list[tuple[object, ...]]:
+    """One parameter row per fingerprint (first and last reception, count)."""
+    grouped: dict[bytes, list[object]] = {}
+    for rej in rejections:
+        key = rej.fingerprint
+        row = grouped.get(key)
+        if row is None:
+            grouped[key] = [
+                key,
+                utc(rej.received_at),
+                utc(rej.received_at),
+                1,
+                rej.topic,
+                rej.site,
+                rej.device,
+                rej.reason.value,
+                rej.detail,
+                rej.payload,
+                rej.payload_bytes,
+            ]
+        else:
+            row[2] = utc(rej.received_at)
+            row[3] = int(row[3]) + 1  # type: ignore[call-overload]
+    return [tuple(row) for row in grouped.values()]
+
+
+class Store:
+    """One connection that writes batches. Raises ``psycopg.OperationalError`` when the
+    database is unreachable; the caller spools and retries."""
+
+    def __init__(self, conninfo: str, timeout_s: float = 5.0) -> None:
+        self._conninfo = conninfo
+        self._timeout_s = timeout_s
+        self._conn: psycopg.Connection | None = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            conn = connect(self._conninfo, timeout_s=self._timeout_s)
+            conn.execute("SET synchronous_commit = on")
+            conn.execute(_STAGE)
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection (it is reopened on the next write)."""
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+    def write(
+        self,
+        rows: str | bytes,
+        n_rows: int,
+        rejections: Sequence[Rejection],
+        replayed_ids: Sequence[int] = (),
+    ) -> WriteResult:
+        """Store ``rows`` (COPY text, ``n_rows`` lines) and ``rejections`` in one transaction.
+
+        ``replayed_ids`` are rejected messages that this write resolves (marked replayed in the
+        same transaction).
+        """
+        try:
+            conn = self._connection()
+        except Exception as exc:
+            raise psycopg.OperationalError(str(exc)) from exc
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                stored = 0
+                if n_rows:
+                    with cur.copy(
+                        "COPY readings_stage (t_us, device_id, metric_id, value) FROM STDIN"
+                    ) as copy:
+                        copy.write(rows)
+                    cur.execute(_MERGE)
+                    stored = max(cur.rowcount, 0)
+                    cur.execute(_STATUS)
+                grouped = _group_rejections(rejections)
+                if grouped:
+                    cur.executemany(_REJECT, grouped)
+                if replayed_ids:
+                    cur.execute(
+                        "UPDATE rejected_messages SET replayed_at = now() WHERE id = ANY(%s)",
+                        (list(replayed_ids),),
+                    )
+            return WriteResult(stored, n_rows - stored, len(rejections))
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        except psycopg.Error as exc:
+            if conn.broken:
+                self.close()
+                raise psycopg.OperationalError(str(exc)) from exc
+            raise

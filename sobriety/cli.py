@@ -1,0 +1,294 @@
+"""The ``sobriety`` command line. Exit codes: 0 done, 1 failed, 2 bad usage or configuration."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sobriety import __version__
+from sobriety.config import Config, load_config
+from sobriety.errors import ConfigError, SobrietyError
+
+log = logging.getLogger("sobriety")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time with offset, or a duration before now (``30m``, ``24h``, ``7d``)."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS_S[match[2]])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected an ISO 8601 time with offset or a duration like 24h"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: add a UTC offset (Z or +01:00)")
+    return when
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sobriety",
+        description="Supervision of public lighting and drinking-water networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"sobriety {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML configuration file ($SOBRIETY_CONFIG)")
+    parser.add_argument("--db-url", help="PostgreSQL URL ($SOBRIETY_DB_URL)")
+    parser.add_argument("--mqtt-url", help="broker URL mqtt://host:port ($SOBRIETY_MQTT_URL)")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = sub.add_parser("db", help="database administration")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="create the database if needed and apply migrations")
+
+    inv = sub.add_parser("inventory", help="devices, DMAs and lighting groups")
+    inv_sub = inv.add_subparsers(dest="inventory_command", required=True, metavar="ACTION")
+    inv_import = inv_sub.add_parser("import", help="import a devices or DMAs file (CSV/GeoJSON)")
+    inv_import.add_argument("file", type=Path)
+
+    for name, text in (("ingest", "run the MQTT ingest"), ("run", "run all services")):
+        svc = sub.add_parser(name, help=text)
+        svc.add_argument("--client-id", help="MQTT client id of the persistent session")
+        svc.add_argument("--shared-group", help="MQTT 5 shared subscription group")
+        svc.add_argument("--spool-dir", type=Path, help="directory of the durable spool")
+        svc.add_argument("--metrics-port", type=int, help="Prometheus port (0: off)")
+        svc.add_argument(
+            "--validate-config", action="store_true", help="check the configuration and exit"
+        )
+
+    imp = sub.add_parser("import", help="backfill data")
+    imp_sub = imp.add_subparsers(dest="import_command", required=True, metavar="WHAT")
+    imp_readings = imp_sub.add_parser("readings", help="CSV time,site,device,metric,value,unit")
+    imp_readings.add_argument("file", type=Path)
+
+    exp = sub.add_parser("export", help="export data")
+    exp_sub = exp.add_subparsers(dest="export_command", required=True, metavar="WHAT")
+    exp_readings = exp_sub.add_parser("readings", help="readings as CSV on standard output")
+    exp_readings.add_argument("--since", type=parse_time, required=True)
+    exp_readings.add_argument("--until", type=parse_time, required=True)
+    exp_readings.add_argument("--site")
+    exp_readings.add_argument("--format", choices=["csv"], default="csv")
+
+    rej = sub.add_parser("rejected", help="list (or replay) rejected messages")
+    rej.add_argument("--since", type=parse_time)
+    rej.add_argument("--reason")
+    rej.add_argument("--site")
+    rej.add_argument("--pending", action="store_true", help="only those not replayed")
+    rej.add_argument("--format", choices=["json", "text"], default="text")
+    rej.add_argument(
+        "--replay", action="store_true", help="re-validate pending ones and store what passes"
+    )
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {
+        "database": {"url": args.db_url},
+        "mqtt": {
+            "url": args.mqtt_url,
+            "client_id": getattr(args, "client_id", None),
+            "shared_group": getattr(args, "shared_group", None),
+        },
+        "ingest": {"spool_dir": getattr(args, "spool_dir", None)},
+        "metrics": {"port": getattr(args, "metrics_port", None)},
+    }
+    return load_config(args.config, overrides=overrides)
+
+
+def _cmd_db(args: argparse.Namespace, config: Config) -> int:
+    from sobriety.db import connect, ensure_database, is_hypertable, upgrade
+
+    conninfo = config.db_conninfo()
+    if ensure_database(conninfo, config.database.connect_timeout_s):
+        print("database created")
+    with connect(conninfo, timeout_s=config.database.connect_timeout_s) as conn:
+        applied = upgrade(conn, config.storage)
+        hyper = is_hypertable(conn)
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    print("readings storage: " + ("TimescaleDB hypertable" if hyper else "plain PostgreSQL"))
+    return 0
+
+
+def _cmd_inventory(args: argparse.Namespace, config: Config) -> int:
+    from sobriety.db import connect
+    from sobriety.inventory import import_inventory
+
+    with connect(config.db_conninfo()) as conn:
+        result = import_inventory(conn, args.file)
+    print(
+        f"{args.file}: {result.table}: {result.inserted} new, {result.updated} updated, "
+        f"{result.unchanged} unchanged"
+        + (f"; new sites: {', '.join(result.sites_created)}" if result.sites_created else "")
+    )
+    return 0
+
+
+def _install_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _cmd_ingest(args: argparse.Namespace, config: Config) -> int:
+    from ingest.service import IngestService
+
+    if args.validate_config:
+        print(config.model_dump_json(indent=2))
+        return 0
+    service = IngestService(config)
+    _install_signals(service.stopping.set)
+    service.run()
+    return 0
+
+
+def _pipeline(config: Config, history: bool) -> Any:
+    from ingest.importer import history_limits
+    from ingest.pipeline import Limits, Pipeline
+    from sobriety.db import connect
+
+    with connect(config.db_conninfo()) as conn:
+        ids = {(s, d): i for s, d, i in conn.execute("SELECT site, device, id FROM devices")}
+    icfg = config.ingest
+    limits = (
+        history_limits(icfg.future_window_s)
+        if history
+        else Limits(
+            icfg.max_payload_bytes, icfg.max_records, icfg.past_window_s, icfg.future_window_s
+        )
+    )
+    return Pipeline(lambda site, device: ids.get((site, device)), config.mqtt.root, limits)
+
+
+def _cmd_import(args: argparse.Namespace, config: Config) -> int:
+    from ingest.importer import import_readings
+    from ingest.store import Store
+
+    store = Store(config.db_conninfo())
+    try:
+        report = import_readings(args.file, store, _pipeline(config, history=True), time.time())
+    finally:
+        store.close()
+    rejected = sum(report.rejected.values())
+    print(
+        f"{args.file}: {report.lines} lines, {report.stored} readings stored, "
+        f"{report.duplicates} already present, {rejected} rejected"
+        + (
+            f" ({', '.join(f'{k}: {v}' for k, v in sorted(report.rejected.items()))})"
+            if rejected
+            else ""
+        )
+    )
+    if rejected:
+        print("see: sobriety rejected --reason REASON --format json", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, config: Config) -> int:
+    from ingest.export import export_readings
+    from sobriety.db import connect
+
+    with connect(config.db_conninfo()) as conn:
+        export_readings(conn, sys.stdout.buffer, args.since, args.until, args.site)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _cmd_rejected(args: argparse.Namespace, config: Config) -> int:
+    from ingest.rejected import iter_rejected, replay
+    from ingest.store import Store
+    from sobriety.db import connect
+
+    with connect(config.db_conninfo()) as conn:
+        if args.replay:
+            store = Store(config.db_conninfo())
+            try:
+                report = replay(
+                    conn,
+                    store,
+                    _pipeline(config, history=False),
+                    args.since,
+                    args.reason,
+                    args.site,
+                )
+            finally:
+                store.close()
+            still = ", ".join(f"{k}: {v}" for k, v in sorted(report.still_rejected.items()))
+            print(
+                f"replayed {report.resolved} messages, {report.stored} readings stored; "
+                f"still rejected: {still or 'none'}"
+            )
+            return 0
+        items = iter_rejected(conn, args.since, args.reason, args.site, args.pending)
+        out = sys.stdout
+        if args.format == "json":
+            out.write("[")
+            for n, item in enumerate(items):
+                out.write(("," if n else "") + "\n  " + orjson.dumps(item).decode())
+            out.write("\n]\n")
+        else:
+            for item in items:
+                out.write(
+                    f"{item['received_at']}  {item['reason']:<24} {item['topic']}  "
+                    f"{item['detail']}\n"
+                )
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "db": _cmd_db,
+    "inventory": _cmd_inventory,
+    "ingest": _cmd_ingest,
+    "run": _cmd_ingest,
+    "import": _cmd_import,
+    "export": _cmd_export,
+    "rejected": _cmd_rejected,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sobriety`` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"sobriety: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _COMMANDS[args.command](args, config)
+    except ConfigError as exc:
+        print(f"sobriety: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except SobrietyError as exc:
+        print(f"sobriety: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

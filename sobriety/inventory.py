@@ -1,0 +1,293 @@
+"""``sobriety inventory import FILE``: register devices or DMAs from CSV or GeoJSON.
+
+The columns tell which file it is: a ``device`` column makes a devices file; ``dma`` without
+``device`` makes a DMAs file. GeoJSON features carry the same properties, and a Point geometry
+gives ``lon``/``lat``. Sites are created as they appear. Importing the same file twice changes
+nothing (rows are compared, not rewritten). Every error names the file, the line (the feature
+number for GeoJSON) and the column; nothing is written unless the whole file is valid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from sobriety.contract import valid_segment
+from sobriety.errors import InventoryError
+
+KINDS = frozenset(
+    {
+        "luminaire",
+        "cabinet_meter",
+        "flow_meter",
+        "pressure_sensor",
+        "water_meter",
+        "pump_meter",
+        "facility_meter",
+        "it_meter",
+    }
+)
+FLOW_METER_ROLES = frozenset({"inlet", "outlet"})
+_MAX_ERRORS = 20
+
+# column -> (parser, database column)
+_Parser = Callable[[str], Any]
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _number(low: float, high: float) -> _Parser:
+    def parse(value: str) -> float:
+        number = float(value)
+        if not math.isfinite(number) or not low <= number <= high:
+            raise ValueError(f"a number from {low:g} to {high:g}")
+        return number
+
+    return parse
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("a whole number >= 0")
+    return number
+
+
+_DEVICE_COLUMNS: dict[str, tuple[_Parser, str]] = {
+    "dma": (_text, "dma"),
+    "role": (_text, "role"),
+    "lat": (_number(-90, 90), "lat"),
+    "lon": (_number(-180, 180), "lon"),
+    "group": (_text, "lighting_group"),
+    "lighting_class": (_text, "lighting_class"),
+    "nominal_power_w": (_number(0, 1e8), "nominal_power_w"),
+}
+_DMA_COLUMNS: dict[str, tuple[_Parser, str]] = {
+    "name": (_text, "name"),
+    "mains_km": (_number(0, 1e6), "mains_km"),
+    "connections": (_count, "connections"),
+    "private_km": (_number(0, 1e6), "private_km"),
+    "avg_pressure_m": (_number(0, 1e4), "avg_pressure_m"),
+}
+
+
+@dataclass
+class ImportResult:
+    """What an import did: rows inserted, updated and left unchanged, per table."""
+
+    table: str
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    sites_created: list[str] = field(default_factory=list)
+
+
+def _rows(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """(location, properties as text) of each row or feature."""
+    if path.suffix.lower() in {".geojson", ".json"}:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InventoryError(f"{path}: not readable GeoJSON ({exc})") from None
+        features = doc.get("features") if isinstance(doc, dict) else None
+        if not isinstance(features, list):
+            raise InventoryError(f"{path}: expected a GeoJSON FeatureCollection with features")
+        for number, feature in enumerate(features, start=1):
+            where = f"{path}: feature {number}"
+            props = feature.get("properties") if isinstance(feature, dict) else None
+            if not isinstance(props, dict):
+                raise InventoryError(f"{where}: no properties object")
+            row = {k: "" if v is None else str(v) for k, v in props.items()}
+            geometry = feature.get("geometry")
+            if isinstance(geometry, dict) and geometry.get("type") == "Point":
+                coords = geometry.get("coordinates")
+                if not (isinstance(coords, list) and len(coords) >= 2):
+                    raise InventoryError(f"{where}, column geometry: expected [lon, lat]")
+                row.setdefault("lon", str(coords[0]))
+                row.setdefault("lat", str(coords[1]))
+            yield where, row
+        return
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None:
+                raise InventoryError(f"{path}: empty file, expected a header line")
+            for row in reader:
+                if None in row:
+                    raise InventoryError(
+                        f"{path}: line {reader.line_num}: more values than header columns"
+                    )
+                yield (
+                    f"{path}: line {reader.line_num}",
+                    {k.strip(): (v or "").strip() for k, v in row.items()},
+                )
+    except OSError as exc:
+        raise InventoryError(f"{path}: cannot read ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InventoryError(f"{path}: not UTF-8 text ({exc})") from None
+
+
+def _parse_row(
+    where: str,
+    row: dict[str, str],
+    required: tuple[str, ...],
+    columns: dict[str, tuple[_Parser, str]],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in required:
+        value = row.get(name, "")
+        if not value:
+            raise InventoryError(f"{where}, column {name}: missing value")
+        if name in {"site", "device", "dma"} and not valid_segment(value):
+            raise InventoryError(
+                f"{where}, column {name}: {value!r} is not an id (1-64 of A-Za-z0-9_.-)"
+            )
+        out[name] = value
+    extra: dict[str, str] = {}
+    for name, value in row.items():
+        if name in required:
+            continue
+        if name in columns:
+            parser, target = columns[name]
+            if value == "":
+                out[target] = None
+                continue
+            try:
+                out[target] = parser(value)
+            except ValueError as exc:
+                expected = str(exc) if "a " in str(exc) else "a number"
+                raise InventoryError(
+                    f"{where}, column {name}: {value!r} is not {expected}"
+                ) from None
+        elif value != "":
+            extra[name] = value
+    for _name, target in columns.values():
+        out.setdefault(target, None)
+    out["properties"] = extra
+    return out
+
+
+def _check_device(where: str, rec: dict[str, Any]) -> None:
+    if rec["kind"] not in KINDS:
+        raise InventoryError(
+            f"{where}, column kind: {rec['kind']!r} is not one of {', '.join(sorted(KINDS))}"
+        )
+    if rec["dma"] is not None and not valid_segment(rec["dma"]):
+        raise InventoryError(f"{where}, column dma: {rec['dma']!r} is not an id")
+    if rec["kind"] == "flow_meter" and rec["dma"] and rec["role"] not in FLOW_METER_ROLES:
+        raise InventoryError(
+            f"{where}, column role: a flow_meter of a DMA needs role inlet or outlet, "
+            f"got {rec['role']!r}"
+        )
+
+
+def import_inventory(conn: psycopg.Connection, path: Path) -> ImportResult:
+    """Validate the whole file, then upsert it in one transaction."""
+    rows = list(_rows(path))
+    if not rows:
+        raise InventoryError(f"{path}: no rows")
+    header = set().union(*(row.keys() for _, row in rows))
+    required: tuple[str, ...]
+    if "device" in header:
+        table, required, columns = "devices", ("site", "device", "kind"), _DEVICE_COLUMNS
+    elif "dma" in header:
+        table, required, columns = "dmas", ("site", "dma"), _DMA_COLUMNS
+    else:
+        raise InventoryError(
+            f"{path}: cannot tell the file: expected a 'device' column (devices: site, device, "
+            "kind, ...) or a 'dma' column without 'device' (DMAs: site, dma, ...)"
+        )
+    records: list[dict[str, Any]] = []
+    errors: list[str] = []
+    seen: dict[tuple[str, str], str] = {}
+    for where, row in rows:
+        try:
+            rec = _parse_row(where, row, required, columns)
+            if table == "devices":
+                _check_device(where, rec)
+            key = (rec["site"], rec[required[1]])
+            if key in seen:
+                raise InventoryError(f"{where}: {key[0]}/{key[1]} already defined at {seen[key]}")
+            seen[key] = where
+            records.append(rec)
+        except InventoryError as exc:
+            errors.append(str(exc))
+            if len(errors) >= _MAX_ERRORS:
+                break
+    if errors:
+        raise InventoryError("\n".join(errors))
+    result = ImportResult(table)
+    with conn.transaction():
+        sites = sorted({rec["site"] for rec in records})
+        for site in sites:
+            cur = conn.execute(
+                "INSERT INTO sites (site) VALUES (%s) ON CONFLICT DO NOTHING", (site,)
+            )
+            if cur.rowcount:
+                result.sites_created.append(site)
+        if table == "devices":
+            _check_dmas_exist(conn, path, records, rows)
+            _upsert(conn, "devices", ("site", "device"), records, result)
+        else:
+            _upsert(conn, "dmas", ("site", "dma"), records, result)
+        conn.execute("NOTIFY sobriety_inventory")
+    return result
+
+
+def _check_dmas_exist(
+    conn: psycopg.Connection,
+    path: Path,
+    records: list[dict[str, Any]],
+    rows: list[tuple[str, dict[str, str]]],
+) -> None:
+    known = set(conn.execute("SELECT site, dma FROM dmas").fetchall())
+    for rec, (where, _row) in zip(records, rows, strict=True):
+        if rec["dma"] is not None and (rec["site"], rec["dma"]) not in known:
+            raise InventoryError(
+                f"{where}, column dma: DMA {rec['dma']!r} of site {rec['site']!r} is not "
+                "registered: import the DMA file first"
+            )
+
+
+def _upsert(
+    conn: psycopg.Connection,
+    table: str,
+    key: tuple[str, str],
+    records: list[dict[str, Any]],
+    result: ImportResult,
+) -> None:
+    cols = list(records[0].keys())
+    values = [[Jsonb(r[c]) if c == "properties" else r[c] for c in cols] for r in records]
+    others = [c for c in cols if c not in key]
+    col_list = ", ".join(cols)
+    placeholders = ", ".join(["%s"] * len(cols))
+    changed = " OR ".join(f"{table}.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in others)
+    query = (
+        f"INSERT INTO {table} ({col_list}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in others)
+        + ", updated_at = now() "
+        f"WHERE {changed} RETURNING (xmax = 0) AS inserted"
+    )
+    with conn.cursor() as cur:
+        cur.executemany(query, values, returning=True)
+        while True:
+            row = cur.fetchone()
+            if row is not None:
+                if row[0]:
+                    result.inserted += 1
+                else:
+                    result.updated += 1
+            if not cur.nextset():
+                break
+    result.unchanged = len(records) - result.inserted - result.updated
