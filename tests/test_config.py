@@ -1,0 +1,83 @@
+"""Configuration precedence and errors that name the source, key and expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sobriety.config import load_config
+from sobriety.errors import ConfigError
+
+
+def test_defaults() -> None:
+    config = load_config(None, env={})
+    assert config.mqtt.root == "sobriety/v1"
+    assert config.metrics.port == 9108
+    assert config.database.url.startswith("postgresql://")
+
+
+def test_flags_over_environment_over_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        '[mqtt]\nurl = "mqtt://file:1883"\nroot = "town/v1"\n[ingest]\nbatch_rows = 77\n'
+    )
+    env = {"SOBRIETY_MQTT_URL": "mqtt://env:1883", "SOBRIETY_METRICS_PORT": "9200"}
+    config = load_config(path, env=env, overrides={"mqtt": {"url": "mqtt://flag:1883"}})
+    assert config.mqtt.url == "mqtt://flag:1883"
+    assert config.mqtt.root == "town/v1"
+    assert config.ingest.batch_rows == 77
+    assert config.metrics.port == 9200
+    assert load_config(path, env=env).mqtt.url == "mqtt://env:1883"
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("[metrics]\nport = 0\n")
+    assert load_config(None, env={"SOBRIETY_CONFIG": str(path)}).metrics.port == 0
+
+
+def test_bad_value_names_file_key_value_and_expectation(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[ingest]\nbatch_rows = -3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert str(path) in message
+    assert "[ingest] batch_rows = -3" in message
+    assert "greater than or equal to 1" in message
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text("[mqtt]\nurll = 'mqtt://x:1'\n")
+    with pytest.raises(ConfigError, match=r"typo.toml: \[mqtt\] urll .*no such key"):
+        load_config(path, env={})
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="environment SOBRIETY_DB_URL.*postgresql://"):
+        load_config(None, env={"SOBRIETY_DB_URL": "mysql://x/y"})
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[mqtt\n")
+    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+        load_config(path, env={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml", env={})
+
+
+def test_password_comes_from_environment_or_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cr:et\n")
+    path = tmp_path / "c.toml"
+    path.write_text(f'[database]\nurl = "postgresql://app@db:5432/x"\npassword_file = "{secret}"\n')
+    monkeypatch.delenv("SOBRIETY_DB_PASSWORD", raising=False)
+    config = load_config(path, env={})
+    assert config.db_conninfo() == "postgresql://app:s3cr%3Aet@db:5432/x"
+    monkeypatch.setenv("SOBRIETY_DB_PASSWORD", "other")
+    assert config.db_conninfo() == "postgresql://app:other@db:5432/x"

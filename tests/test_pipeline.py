@@ -1,0 +1,142 @@
+"""Normalisation and validation of messages (no broker, no database)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from ingest.pipeline import Limits, Pipeline
+from sobriety.errors import RejectReason
+
+NOW = 1767225600.0
+ROOT = "sobriety/v1"
+DEVICES = {("lyon", "lum-1"): 11, ("lyon", "fm-1"): 12}
+
+
+def pipeline(**limits: float) -> Pipeline:
+    return Pipeline(lambda s, d: DEVICES.get((s, d)), ROOT, Limits(**limits))  # type: ignore[arg-type]
+
+
+def rows(out_rows: list[str]) -> list[tuple[int, int, int, float]]:
+    parsed = []
+    for line in out_rows:
+        t_us, dev, metric, value = line.rstrip("\n").split("\t")
+        parsed.append((int(t_us), int(dev), int(metric), float(value)))
+    return parsed
+
+
+def senml(*records: dict[str, object]) -> bytes:
+    return orjson.dumps(list(records))
+
+
+def test_units_are_normalised_to_canonical() -> None:
+    payload = senml(
+        {"bn": "fm-1:", "bt": NOW, "n": "flow", "u": "l/s", "v": 2.0},
+        {"n": "pressure", "u": "kPa", "v": 320},
+        {"n": "volume", "u": "L", "v": 1500},
+    )
+    out = pipeline().process("sobriety/v1/lyon/fm-1/up", payload, NOW)
+    assert out.rejections == []
+    assert rows(out.rows) == [
+        (int(NOW * 1e6), 12, 1, pytest.approx(7.2)),
+        (int(NOW * 1e6), 12, 3, pytest.approx(3.2)),
+        (int(NOW * 1e6), 12, 2, pytest.approx(1.5)),
+    ]
+    assert out.newest == NOW
+
+
+def test_good_records_are_kept_when_others_are_rejected() -> None:
+    payload = senml(
+        {"bn": "lum-1:", "bt": NOW, "n": "power", "v": 40},
+        {"n": "power", "u": "furlong", "v": 1},
+        {"n": "dim", "v": 150},
+        {"n": "colour", "v": 3},
+        {"n": "dim", "v": 50, "t": 10 * 86400},
+    )
+    out = pipeline().process("sobriety/v1/lyon/lum-1/up", payload, NOW)
+    assert rows(out.rows) == [(int(NOW * 1e6), 11, 5, 40.0)]
+    reasons = {r.reason: r.detail for r in out.rejections}
+    assert set(reasons) == {
+        RejectReason.UNKNOWN_UNIT,
+        RejectReason.OUT_OF_RANGE,
+        RejectReason.UNKNOWN_METRIC,
+        RejectReason.TIMESTAMP_OUT_OF_WINDOW,
+    }
+    assert "record 1" in reasons[RejectReason.UNKNOWN_UNIT]
+    assert "accepted: " in reasons[RejectReason.UNKNOWN_UNIT]
+    assert "record 2" in reasons[RejectReason.OUT_OF_RANGE]
+    for rej in out.rejections:
+        assert rej.payload == payload
+        assert (rej.site, rej.device) == ("lyon", "lum-1")
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("sobriety/v1/lyon/lum-9/up", b'{"power": 1}', RejectReason.UNKNOWN_DEVICE),
+        ("sobriety/v1/lyon/lum-1/state", b'{"power": 1}', RejectReason.INVALID_TOPIC),
+        ("elsewhere/lyon/lum-1/up", b'{"power": 1}', RejectReason.INVALID_TOPIC),
+        ("sobriety/v1/lyon/lum-1/up", b"{oops", RejectReason.INVALID_JSON),
+        (
+            "sobriety/v1/lyon/lum-1/up",
+            b'[{"bn":"lum-2:","n":"power","v":1}]',
+            RejectReason.DEVICE_MISMATCH,
+        ),
+        ("sobriety/v1/lyon/lum-1/up", b'{"power": 1e400}', RejectReason.INVALID_JSON),
+        (
+            "sobriety/v1/lyon/lum-1/up",
+            b'[{"n":"power","v":1e308,"bv":1e308}]',
+            RejectReason.INVALID_VALUE,
+        ),
+        ("sobriety/v1/lyon/lum-1/up", b'{"power": -5}', RejectReason.OUT_OF_RANGE),
+        (
+            "sobriety/v1/lyon/lum-1/up",
+            b'{"ts": 1.0, "power": 5}',
+            RejectReason.TIMESTAMP_OUT_OF_WINDOW,
+        ),
+    ],
+)
+def test_rejection_reasons(topic: str, payload: bytes, reason: RejectReason) -> None:
+    out = pipeline().process(topic, payload, NOW)
+    assert out.rows == []
+    assert [r.reason for r in out.rejections] == [reason]
+    assert out.rejections[0].topic == topic
+    assert out.rejections[0].payload == payload
+
+
+def test_too_large_payload_is_rejected_and_cut() -> None:
+    payload = b'{"power": 1, "pad": "' + b"x" * 2000 + b'"}'
+    out = pipeline(max_payload_bytes=1024).process("sobriety/v1/lyon/lum-1/up", payload, NOW)
+    assert [r.reason for r in out.rejections] == [RejectReason.TOO_LARGE]
+    assert len(out.rejections[0].payload) == 1024
+    assert out.rejections[0].payload_bytes == len(payload)
+
+
+def test_too_many_records_is_too_large() -> None:
+    payload = senml(*({"n": "power", "v": i, "t": -i} for i in range(11)))
+    out = pipeline(max_records=10).process("sobriety/v1/lyon/lum-1/up", payload, NOW)
+    assert [r.reason for r in out.rejections] == [RejectReason.TOO_LARGE]
+    assert out.rows == []
+
+
+def test_time_window_edges() -> None:
+    p = pipeline(past_window_s=3600, future_window_s=60)
+    inside = p.process("sobriety/v1/lyon/lum-1/up", b'[{"n":"dim","v":1,"t":-3600}]', NOW)
+    assert len(inside.rows) == 1 and not inside.rejections
+    ahead = p.process("sobriety/v1/lyon/lum-1/up", b'[{"n":"dim","v":1,"t":61}]', NOW)
+    assert [r.reason for r in ahead.rejections] == [RejectReason.TIMESTAMP_OUT_OF_WINDOW]
+
+
+def test_rejection_fingerprint_depends_on_topic_reason_payload() -> None:
+    a = pipeline().process("sobriety/v1/lyon/lum-1/up", b"{bad", NOW).rejections[0]
+    b = pipeline().process("sobriety/v1/lyon/lum-1/up", b"{bad", NOW + 5).rejections[0]
+    c = pipeline().process("sobriety/v1/lyon/fm-1/up", b"{bad", NOW).rejections[0]
+    assert a.fingerprint == b.fingerprint
+    assert a.fingerprint != c.fingerprint
+
+
+def test_many_problems_are_summarised() -> None:
+    payload = senml(*({"n": "nope", "v": 1, "t": -i} for i in range(8)))
+    out = pipeline().process("sobriety/v1/lyon/lum-1/up", payload, NOW)
+    assert len(out.rejections) == 1
+    assert out.rejections[0].detail.endswith("and 3 more")
