@@ -406,6 +406,7 @@ class IngestService:
         if self._http is not None:
             server, thread = self._http
             server.shutdown()
+            server.server_close()
             thread.join(timeout=5)
         log.info("ingest stopped")
 

@@ -6,6 +6,7 @@ server; an unreachable server stops the run at once with a clear message (never 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -174,8 +175,6 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Priva
     cluster = PrivateCluster(bindir, datadir, free_port(), run_as)
     cluster.start()
     yield cluster
-    try:
+    with contextlib.suppress(subprocess.CalledProcessError):
         cluster.stop("immediate")
-    except subprocess.CalledProcessError:
-        pass
     time.sleep(0.1)

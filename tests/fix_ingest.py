@@ -64,7 +64,7 @@ def run_ingest() -> Iterator[Callable[[Config], IngestService]]:
         service.start()
         started.append(service)
         deadline = time.monotonic() + 10
-        while service.metrics.broker_connected._value.get() != 1:  # noqa: SLF001
+        while service.metrics.broker_connected._value.get() != 1:
             assert time.monotonic() < deadline, "ingest did not connect to the broker"
             time.sleep(0.02)
         time.sleep(0.1)  # the SUBSCRIBE follows the CONNACK

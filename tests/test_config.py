@@ -51,19 +51,19 @@ def test_bad_value_names_file_key_value_and_expectation(tmp_path: Path) -> None:
 def test_unknown_key_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "typo.toml"
     path.write_text("[mqtt]\nurll = 'mqtt://x:1'\n")
-    with pytest.raises(ConfigError, match=r"typo.toml: \[mqtt\] urll .*no such key"):
+    with pytest.raises(ConfigError, match=r"typo\.toml: \[mqtt\] urll .*no such key"):
         load_config(path, env={})
 
 
 def test_bad_environment_value_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="environment SOBRIETY_DB_URL.*postgresql://"):
+    with pytest.raises(ConfigError, match=r"environment SOBRIETY_DB_URL.*postgresql://"):
         load_config(None, env={"SOBRIETY_DB_URL": "mysql://x/y"})
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text("[mqtt\n")
-    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
         load_config(path, env={})
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.toml", env={})

@@ -117,8 +117,10 @@ def test_decoder_only_ever_raises_payload_error(payload: bytes) -> None:
     try:
         records, problems = decode(payload, "dev-1", 1.8e9)
     except PayloadError as exc:
-        assert isinstance(exc.reason, RejectReason)
+        reason = exc.reason
+        assert isinstance(reason, RejectReason)
         return
     for rec in records:
-        assert isinstance(rec.value, float) and isinstance(rec.time, float)
+        assert isinstance(rec.value, float)
+        assert isinstance(rec.time, float)
     assert all(isinstance(p.reason, RejectReason) for p in problems)

@@ -122,7 +122,8 @@ def test_too_many_records_is_too_large() -> None:
 def test_time_window_edges() -> None:
     p = pipeline(past_window_s=3600, future_window_s=60)
     inside = p.process("sobriety/v1/lyon/lum-1/up", b'[{"n":"dim","v":1,"t":-3600}]', NOW)
-    assert len(inside.rows) == 1 and not inside.rejections
+    assert len(inside.rows) == 1
+    assert not inside.rejections
     ahead = p.process("sobriety/v1/lyon/lum-1/up", b'[{"n":"dim","v":1,"t":61}]', NOW)
     assert [r.reason for r in ahead.rejections] == [RejectReason.TIMESTAMP_OUT_OF_WINDOW]
 

@@ -71,4 +71,5 @@ def test_quarantine_keeps_the_segment(tmp_path: Path) -> None:
     found = spool.oldest()
     assert found is not None
     kept = spool.quarantine(found[0])
-    assert kept.exists() and spool.size_bytes == 0
+    assert kept.exists()
+    assert spool.size_bytes == 0

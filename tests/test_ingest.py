@@ -1,0 +1,319 @@
+"""The ingest against the real Mosquitto and PostgreSQL: stored, deduplicated, rejected."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+
+from ingest.service import IngestService
+from sobriety.cli import main
+from sobriety.config import Config
+from tests.fix_db import count_readings, register
+from tests.fix_ingest import make_config
+from tests.fix_mqtt import Publisher, free_port, wait_until
+
+pytestmark = pytest.mark.services
+
+RunIngest = Callable[[Config], IngestService]
+
+
+def rejected(conn: psycopg.Connection, site: str) -> list[tuple[str, str, bytes, int]]:
+    return [
+        (r[0], r[1], bytes(r[2]), r[3])
+        for r in conn.execute(
+            "SELECT reason, topic, payload, times_seen FROM rejected_messages "
+            "WHERE topic LIKE %s ORDER BY id",
+            (f"%/{site}/%",),
+        )
+    ]
+
+
+def test_published_readings_are_stored_in_canonical_units(
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    site: str,
+    root: str,
+    run_ingest: RunIngest,
+) -> None:
+    register(conn, site, ("lum-1", "luminaire"), ("fm-1", "flow_meter"))
+    service = run_ingest(make_config(db_url, mqtt_url, tmp_path, root))
+    now = time.time()
+    pub = Publisher(mqtt_url)
+    pub.publish(
+        [
+            (
+                f"{root}/{site}/lum-1/up",
+                orjson.dumps(
+                    [
+                        {"bn": "lum-1:", "bt": now, "n": "power", "u": "kW", "v": 0.0214},
+                        {"n": "dim", "v": 50, "t": 1},
+                    ]
+                ),
+            ),
+            (
+                f"{root}/{site}/fm-1/up",
+                orjson.dumps({"ts": now, "flow": 2.0, "units": {"flow": "l/s"}}),
+            ),
+        ]
+    )
+    wait_until(lambda: count_readings(conn, site) == 3, 10, "3 readings stored")
+    rows = conn.execute(
+        "SELECT device, metric, value, unit FROM api.readings WHERE site = %s ORDER BY device, metric",
+        (site,),
+    ).fetchall()
+    assert rows == [
+        ("fm-1", "flow", pytest.approx(7.2), "m3/h"),
+        ("lum-1", "dim", 50.0, "%"),
+        ("lum-1", "power", pytest.approx(21.4), "W"),
+    ]
+    seen = conn.execute(
+        "SELECT device, last_reading_at IS NOT NULL FROM api.devices WHERE site = %s ORDER BY 1",
+        (site,),
+    ).fetchall()
+    assert seen == [("fm-1", True), ("lum-1", True)]
+    assert service.metrics.received._value.get() == 2
+    assert service.metrics.stored._value.get() == 3
+    pub.close()
+
+
+def test_duplicate_deliveries_are_stored_once(
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    site: str,
+    root: str,
+    run_ingest: RunIngest,
+) -> None:
+    register(conn, site, ("wm-1", "water_meter"))
+    service = run_ingest(make_config(db_url, mqtt_url, tmp_path, root))
+    payload = orjson.dumps([{"bn": "wm-1:", "bt": time.time(), "n": "volume", "v": 12.5}])
+    pub = Publisher(mqtt_url)
+    pub.publish([(f"{root}/{site}/wm-1/up", payload)] * 5)
+    wait_until(lambda: service.metrics.received._value.get() == 5, 10, "5 messages received")
+    wait_until(lambda: service.metrics.duplicates._value.get() == 4, 10, "4 duplicates")
+    assert count_readings(conn, site) == 1
+    pub.close()
+
+
+def test_every_rejection_is_stored_counted_and_listed(
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    site: str,
+    root: str,
+    run_ingest: RunIngest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    register(conn, site, ("lum-1", "luminaire"))
+    config = make_config(db_url, mqtt_url, tmp_path, root, ingest={"max_payload_bytes": 4096})
+    service = run_ingest(config)
+    now = time.time()
+    up = f"{root}/{site}/lum-1/up"
+    cases = {
+        "invalid_json": (up, b"{not json"),
+        "invalid_payload": (up, b'"just a string"'),
+        "unknown_device": (f"{root}/{site}/ghost/up", b'{"power": 1}'),
+        "device_mismatch": (up, orjson.dumps([{"bn": "lum-2:", "n": "power", "v": 1}])),
+        "unknown_metric": (up, b'{"colour": 3}'),
+        "unknown_unit": (up, orjson.dumps([{"n": "power", "u": "hp", "v": 1}])),
+        "invalid_value": (up, orjson.dumps([{"n": "power", "vs": "on"}])),
+        "out_of_range": (up, b'{"dim": 140}'),
+        "too_large": (up, b'{"power": 1, "pad": "' + b"x" * 5000 + b'"}'),
+        "timestamp_out_of_window": (up, orjson.dumps({"ts": now + 86400, "power": 3})),
+        "invalid_topic": (f"{root}/{site}/lum-1/extra/up", b'{"power": 1}'),
+    }
+    good = (up, orjson.dumps({"ts": now, "power": 12.0}))
+    pub = Publisher(mqtt_url)
+    pub.publish([*cases.values(), good])
+    # "invalid_topic" cannot match the subscription filter {root}/+/+/up: the broker never
+    # delivers it, so it is not expected among the rejections.
+    expected = {k: v for k, v in cases.items() if k != "invalid_topic"}
+    wait_until(lambda: len(rejected(conn, site)) == len(expected), 10, "rejections stored")
+    stored = {reason: (topic, payload) for reason, topic, payload, _ in rejected(conn, site)}
+    assert set(stored) == set(expected)
+    for reason, (topic, payload) in expected.items():
+        assert stored[reason][0] == topic
+        assert stored[reason][1] == payload[:4096]
+    wait_until(lambda: count_readings(conn, site) == 1, 10, "the good message stored")
+    for reason in expected:
+        assert service.metrics.rejected.labels(reason=reason)._value.get() == 1
+    monkeypatch.setenv("SOBRIETY_DB_URL", db_url)
+    assert main(["rejected", "--site", site, "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {item["reason"] for item in listed} == set(expected)
+    item = next(i for i in listed if i["reason"] == "too_large")
+    assert item["payload_bytes"] > 4096
+    assert {"id", "received_at", "topic", "reason", "detail", "payload"} <= set(item)
+    pub.close()
+
+
+def test_repeated_bad_message_counts_in_times_seen(
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    site: str,
+    root: str,
+    run_ingest: RunIngest,
+) -> None:
+    register(conn, site, ("lum-1", "luminaire"))
+    run_ingest(make_config(db_url, mqtt_url, tmp_path, root, ingest={"batch_ms": 20}))
+    pub = Publisher(mqtt_url)
+    for _ in range(3):
+        pub.publish([(f"{root}/{site}/lum-1/up", b"garbage")])
+        time.sleep(0.1)
+    wait_until(lambda: [r[3] for r in rejected(conn, site)] == [3], 10, "times_seen = 3")
+    pub.close()
+
+
+def test_unknown_device_registered_then_replayed(
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    site: str,
+    root: str,
+    run_ingest: RunIngest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    register(conn, site, ("lum-1", "luminaire"))
+    run_ingest(make_config(db_url, mqtt_url, tmp_path, root))
+    now = time.time()
+    pub = Publisher(mqtt_url)
+    pub.publish(
+        [
+            (
+                f"{root}/{site}/new-1/up",
+                orjson.dumps(
+                    [
+                        {"bn": "new-1:", "bt": now, "n": "power", "v": 30},
+                        {"n": "dim", "v": 70},
+                    ]
+                ),
+            ),
+        ]
+    )
+    wait_until(
+        lambda: [r[0] for r in rejected(conn, site)] == ["unknown_device"],
+        10,
+        "unknown_device rejection",
+    )
+    register(conn, site, ("new-1", "luminaire"))
+    monkeypatch.setenv("SOBRIETY_DB_URL", db_url)
+    monkeypatch.setenv("SOBRIETY_MQTT_ROOT", root)
+    assert main(["rejected", "--replay", "--site", site]) == 0
+    assert "replayed 1 messages, 2 readings stored" in capsys.readouterr().out
+    assert count_readings(conn, site) == 2
+    replayed = conn.execute(
+        "SELECT replayed_at IS NOT NULL FROM rejected_messages WHERE site = %s", (site,)
+    ).fetchall()
+    assert replayed == [(True,)]
+    assert main(["rejected", "--replay", "--site", site]) == 0
+    assert "replayed 0 messages" in capsys.readouterr().out
+    pub.close()
+
+
+def test_import_then_export_round_trips(
+    conn: psycopg.Connection,
+    db_url: str,
+    site: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    register(conn, site, ("fm-1", "flow_meter"), ("lum-1", "luminaire"))
+    source = tmp_path / "history.csv"
+    source.write_text(
+        "time,site,device,metric,value,unit\n"
+        f"2019-03-31T01:30:00+01:00,{site},fm-1,flow,1.5,l/s\n"
+        f"2019-03-31T03:30:00+02:00,{site},fm-1,flow,2.5,\n"
+        f"2019-03-31T04:00:00Z,{site},lum-1,power,0.04,kW\n"
+        f"2019-03-31T04:00:00Z,{site},lum-1,power,x,W\n"
+        f"2019-03-31T04:00:00,{site},lum-1,power,5,W\n"
+        f"2019-03-31T04:00:00Z,{site},ghost,power,5,W\n"
+        f"2019-03-31T04:00:00Z,{site},lum-1,dim,300,%\n"
+    )
+    monkeypatch.setenv("SOBRIETY_DB_URL", db_url)
+    assert main(["import", "readings", str(source)]) == 0
+    out = capsys.readouterr().out
+    assert "7 lines, 3 readings stored, 0 already present, 4 rejected" in out
+    assert main(["import", "readings", str(source)]) == 0
+    assert "0 readings stored, 3 already present" in capsys.readouterr().out
+    reasons = dict(
+        conn.execute(
+            "SELECT reason, detail FROM rejected_messages "
+            "WHERE topic = 'import:history.csv' AND site = %s",
+            (site,),
+        ).fetchall()
+    )
+    assert sorted(reasons) == ["invalid_payload", "invalid_value", "out_of_range", "unknown_device"]
+    assert reasons["invalid_value"].startswith("line 5:")
+    assert reasons["invalid_payload"].startswith("line 6:")
+    assert "no UTC offset" in reasons["invalid_payload"]
+    assert (
+        main(
+            [
+                "export",
+                "readings",
+                "--since",
+                "2019-03-30T00:00:00Z",
+                "--until",
+                "2019-04-01T00:00:00Z",
+                "--site",
+                site,
+            ]
+        )
+        == 0
+    )
+    exported = capsys.readouterr().out.splitlines()
+    assert exported == [
+        "time,site,device,metric,value,unit",
+        f"2019-03-31T00:30:00.000000Z,{site},fm-1,flow,5.4,m3/h",
+        f"2019-03-31T01:30:00.000000Z,{site},fm-1,flow,2.5,m3/h",
+        f"2019-03-31T04:00:00.000000Z,{site},lum-1,power,40,W",
+    ]
+    copy = tmp_path / "exported.csv"
+    copy.write_text("\n".join(exported) + "\n")
+    assert main(["import", "readings", str(copy)]) == 0
+    assert "3 lines, 0 readings stored, 3 already present, 0 rejected" in capsys.readouterr().out
+
+
+def test_metrics_endpoint_serves_the_contract(
+    db_url: str, mqtt_url: str, tmp_path: Path, root: str, run_ingest: RunIngest
+) -> None:
+    port = free_port()
+    run_ingest(make_config(db_url, mqtt_url, tmp_path, root, metrics={"port": port}))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for name in (
+        "sobriety_ingest_messages_received_total",
+        "sobriety_ingest_readings_stored_total",
+        'sobriety_ingest_messages_rejected_total{reason="invalid_json"}',
+        "sobriety_ingest_batch_write_seconds_bucket",
+        "sobriety_ingest_spool_bytes",
+        "sobriety_ingest_reading_lag_seconds_bucket",
+    ):
+        assert name in text
+
+
+def test_bad_configuration_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[ingest]\nbatch_ms = 'soon'\n")
+    assert main(["--config", str(path), "ingest", "--validate-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: [ingest] batch_ms = 'soon': expected" in err

@@ -1,0 +1,132 @@
+"""``sobriety inventory import``: CSV and GeoJSON, idempotent, errors with file/line/column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sobriety.errors import InventoryError
+from sobriety.inventory import import_inventory
+
+pytestmark = pytest.mark.services
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_csv_devices_and_dmas_import_once(
+    conn: psycopg.Connection, site: str, tmp_path: Path
+) -> None:
+    dmas = write(
+        tmp_path / "dmas.csv",
+        f"site,dma,mains_km,connections,avg_pressure_m\n{site},nord,12.5,800,45\n",
+    )
+    devices = write(
+        tmp_path / "devices.csv",
+        "site,device,kind,dma,role,lat,lon,group,lighting_class,nominal_power_w,vendor\n"
+        f"{site},lum-1,luminaire,,,45.76,4.83,rue-a,M4,40,acme\n"
+        f"{site},fm-1,flow_meter,nord,inlet,,,,,,\n",
+    )
+    first_dmas = import_inventory(conn, dmas)
+    assert (first_dmas.table, first_dmas.inserted) == ("dmas", 1)
+    assert first_dmas.sites_created == [site]
+    first = import_inventory(conn, devices)
+    assert (first.table, first.inserted, first.updated) == ("devices", 2, 0)
+    before = conn.execute("SELECT * FROM devices WHERE site = %s ORDER BY id", (site,)).fetchall()
+    again = import_inventory(conn, devices)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
+    after = conn.execute("SELECT * FROM devices WHERE site = %s ORDER BY id", (site,)).fetchall()
+    assert before == after
+    lum = conn.execute(
+        "SELECT kind, lighting_group, lighting_class, nominal_power_w, lat, properties "
+        "FROM api.devices WHERE site = %s AND device = 'lum-1'",
+        (site,),
+    ).fetchone()
+    assert lum == ("luminaire", "rue-a", "M4", 40.0, 45.76, {"vendor": "acme"})
+
+
+def test_changed_row_is_updated(conn: psycopg.Connection, site: str, tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "d.csv", f"site,device,kind,nominal_power_w\n{site},lum-1,luminaire,40\n"
+    )
+    import_inventory(conn, path)
+    write(path, f"site,device,kind,nominal_power_w\n{site},lum-1,luminaire,30\n")
+    result = import_inventory(conn, path)
+    assert (result.inserted, result.updated) == (0, 1)
+
+
+def test_geojson_points_give_coordinates(
+    conn: psycopg.Connection, site: str, tmp_path: Path
+) -> None:
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [4.83, 45.76]},
+                "properties": {
+                    "site": site,
+                    "device": "lum-9",
+                    "kind": "luminaire",
+                    "nominal_power_w": 25,
+                },
+            },
+        ],
+    }
+    path = write(tmp_path / "lum.geojson", json.dumps(doc))
+    assert import_inventory(conn, path).inserted == 1
+    row = conn.execute(
+        "SELECT lat, lon, nominal_power_w FROM devices WHERE site = %s", (site,)
+    ).fetchone()
+    assert row == (45.76, 4.83, 25.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("site,device,kind\n{site},lum-1,lamp\n", r"line 2, column kind: 'lamp' is not one of"),
+        (
+            "site,device,kind,lat\n{site},lum-1,luminaire,north\n",
+            r"line 2, column lat: 'north' is not",
+        ),
+        (
+            "site,device,kind,lat\n{site},lum-1,luminaire,95\n",
+            r"line 2, column lat: '95' is not a number from -90 to 90",
+        ),
+        ("site,device,kind\n{site},,luminaire\n", r"line 2, column device: missing value"),
+        (
+            "site,device,kind\n{site},lum 1,luminaire\n",
+            r"line 2, column device: 'lum 1' is not an id",
+        ),
+        (
+            "site,device,kind,dma,role\n{site},fm,flow_meter,nord,middle\n",
+            r"column role: a flow_meter",
+        ),
+        (
+            "site,device,kind\n{site},a,luminaire\n{site},a,luminaire\n",
+            r"line 3: .* already defined at .*line 2",
+        ),
+        (
+            "site,device,kind,dma\n{site},fm,water_meter,sud\n",
+            r"line 2, column dma: DMA 'sud' .* import the DMA file first",
+        ),
+        ("site,name\n{site},x\n", r"cannot tell the file"),
+        (
+            "site,dma,connections\n{site},n,-4\n",
+            r"line 2, column connections: '-4' is not a whole number",
+        ),
+    ],
+)
+def test_errors_name_file_line_and_column(
+    conn: psycopg.Connection, site: str, tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path / "bad.csv", text.format(site=site))
+    with pytest.raises(InventoryError, match=expected) as info:
+        import_inventory(conn, path)
+    assert str(path) in str(info.value)
+    assert conn.execute("SELECT count(*) FROM devices WHERE site = %s", (site,)).fetchone() == (0,)
