@@ -156,7 +156,7 @@ class Batcher:
                 if due:
                     self._batch = Batch()
                     return batch
-                if now >= deadline:
+                if now >= deadline or self._closed:
                     return None
                 wait = deadline - now
                 if batch.messages:
