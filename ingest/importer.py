@@ -107,7 +107,7 @@ def _one_line(
 def _flush(store: Store, out: Outcome, report: ImportReport) -> None:
     if not out.rows and not out.rejections:
         return
-    result = store.write("".join(out.rows), len(out.rows), out.rejections)
+    result = store.write(out.rows, out.rejections)
     report.stored += result.stored
     report.duplicates += result.duplicates
     for rej in out.rejections:

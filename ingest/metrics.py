@@ -7,22 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sobriety.errors import RejectReason
 
 LAG_BUCKETS = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    3600.0,
-    86400.0,
-)
+    0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+    300.0, 3600.0, 86400.0,
+)  # fmt: skip
 
 
 class IngestMetrics:

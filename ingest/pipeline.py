@@ -17,6 +17,9 @@ from sobriety.contract import METRICS, accepted_units, parse_topic, unit_convers
 from sobriety.errors import RejectError, RejectReason
 from sobriety.payloads import RawRecord, RecordProblem, decode
 
+Row = tuple[int, int, int, float]
+"""A reading ready to store: (time [µs since epoch], device id, metric id, canonical value)."""
+
 DeviceLookup = Callable[[str, str], int | None]
 """(site, device) -> device id, or None when the device is not in the inventory."""
 
@@ -60,10 +63,10 @@ class Rejection:
 class Outcome:
     """What one message gives: rows to store and rejections.
 
-    Rows are lines of ``COPY`` text: ``t_us<TAB>device_id<TAB>metric_id<TAB>value<LF>``.
+    A row is ``(time [µs since the epoch], device id, metric id, value [canonical unit])``.
     """
 
-    rows: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     newest: float = 0.0  # newest reading time [s since epoch], for lag measurement
 
@@ -75,9 +78,28 @@ class Pipeline:
         self.lookup = lookup
         self._root = root
         self.limits = limits or Limits()
-        # metric name -> (id, low, high); unit conversions cached per (metric, unit).
-        self._metrics = {name: (m.id, m.low, m.high) for name, m in METRICS.items()}
-        self._units: dict[tuple[str, str | None], tuple[float, float] | None] = {}
+        # (metric, unit as sent) -> (metric id, scale, offset, low, high), filled on first use.
+        self._rules: dict[tuple[str, str | None], tuple[int, float, float, float, float]] = {}
+
+    def _rule(
+        self, metric: str, unit: str | None
+    ) -> tuple[int, float, float, float, float] | RecordProblem:
+        """How to normalise and check ``metric`` sent in ``unit``, or the problem (index -1)."""
+        known = METRICS.get(metric)
+        if known is None:
+            return RecordProblem(-1, RejectReason.UNKNOWN_METRIC, f"metric {metric!r}")
+        conv = unit_conversion(metric, unit)
+        if conv is None:
+            return RecordProblem(
+                -1,
+                RejectReason.UNKNOWN_UNIT,
+                f"{unit!r} is not a unit of {metric} "
+                f"(accepted: {', '.join(accepted_units(metric))})",
+            )
+        rule = (known.id, conv[0], conv[1], known.low, known.high)
+        if len(self._rules) < 10000:  # bounded: units and metric names come from devices
+            self._rules[(metric, unit)] = rule
+        return rule
 
     def _reject(
         self,
@@ -150,33 +172,16 @@ class Pipeline:
         """
         lo = received_at - self.limits.past_window_s
         hi = received_at + self.limits.future_window_s
-        metrics = self._metrics
-        units = self._units
+        rules = self._rules
         rows = out.rows
         newest = 0.0
-        for index, rec in enumerate(records):
-            known = metrics.get(rec.metric)
-            if known is None:
-                problems.append(
-                    RecordProblem(index, RejectReason.UNKNOWN_METRIC, f"metric {rec.metric!r}")
-                )
+        for index, (metric, raw, unit, when) in enumerate(records):
+            rule = rules.get((metric, unit)) or self._rule(metric, unit)
+            if isinstance(rule, RecordProblem):
+                problems.append(RecordProblem(index, rule.reason, rule.detail))
                 continue
-            metric_id, low, high = known
-            key = (rec.metric, rec.unit)
-            conv = units.get(key)
-            if conv is None and key not in units:
-                conv = units[key] = unit_conversion(rec.metric, rec.unit)
-            if conv is None:
-                problems.append(
-                    RecordProblem(
-                        index,
-                        RejectReason.UNKNOWN_UNIT,
-                        f"{rec.unit!r} is not a unit of {rec.metric} "
-                        f"(accepted: {', '.join(accepted_units(rec.metric))})",
-                    )
-                )
-                continue
-            value = rec.value * conv[0] + conv[1]
+            metric_id, scale, offset, low, high = rule
+            value = raw * scale + offset
             if not math.isfinite(value):
                 problems.append(RecordProblem(index, RejectReason.INVALID_VALUE, "not finite"))
                 continue
@@ -185,12 +190,10 @@ class Pipeline:
                     RecordProblem(
                         index,
                         RejectReason.OUT_OF_RANGE,
-                        f"{rec.metric} = {value:g} {METRICS[rec.metric].unit} outside "
-                        f"[{low:g}, {high:g}]",
+                        f"{metric} = {value:g} {METRICS[metric].unit} outside [{low:g}, {high:g}]",
                     )
                 )
                 continue
-            when = rec.time
             if not lo <= when <= hi:
                 problems.append(
                     RecordProblem(
@@ -204,7 +207,7 @@ class Pipeline:
                 continue
             if when > newest:
                 newest = when
-            rows.append(f"{round(when * 1e6)}\t{device_id}\t{metric_id}\t{value!r}\n")
+            rows.append((round(when * 1e6), device_id, metric_id, value))
         out.newest = max(out.newest, newest)
         if problems:
             by_reason: dict[RejectReason, list[str]] = {}

@@ -144,4 +144,4 @@ def replay(
 def _write(store: Store, out: Outcome, resolved: list[int]) -> int:
     if not out.rows and not out.rejections and not resolved:
         return 0
-    return store.write("".join(out.rows), len(out.rows), out.rejections, resolved).stored
+    return store.write(out.rows, out.rejections, resolved).stored

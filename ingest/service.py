@@ -30,7 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ingest.metrics import IngestMetrics
-from ingest.pipeline import Limits, Outcome, Pipeline, Rejection
+from ingest.pipeline import Limits, Outcome, Pipeline, Rejection, Row
 from ingest.spool import Spool, SpoolFullError, decode_frame, encode_frame
 from ingest.store import Store
 from sobriety.config import Config
@@ -95,7 +95,7 @@ class InventoryCache:
 class Batch:
     """Messages gathered for one write. ``acks`` are (connection generation, mid, qos)."""
 
-    rows: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     acks: list[tuple[int, int, int]] = field(default_factory=list)
     newest: list[float] = field(default_factory=list)
@@ -173,8 +173,11 @@ class Batcher:
 class IngestService:
     """The ingest: one MQTT session, one writer, one spool."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, config: Config, registry: CollectorRegistry | None = None, retiring: bool = False
+    ) -> None:
         self.config = config
+        self.retiring = retiring  # drain the session's queue without taking new messages
         icfg = config.ingest
         self.registry = registry or CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
@@ -226,6 +229,11 @@ class IngestService:
         self._generation += 1
         self.metrics.broker_connected.set(1)
         topic = uplink_filter(self.config.mqtt.root, self.config.mqtt.shared_group)
+        if self.retiring:
+            # What the session holds is delivered anyway; nothing new should come to it.
+            client.unsubscribe([topic, uplink_filter(self.config.mqtt.root)])
+            log.info("retiring session %s: draining its queue", self.config.mqtt.client_id)
+            return
         client.subscribe(topic, options=SubscribeOptions(qos=1))
         log.info(
             "connected to %s (session present: %s); subscribed to %s",
@@ -285,12 +293,12 @@ class IngestService:
     def _persist(self, batch: Batch) -> bool:
         """Make the batch durable (database or spool). False only when stopping and neither
         could take it: its messages then stay unacknowledged for the broker to redeliver."""
-        rows = "".join(batch.rows).encode()
+        rows = batch.rows
         while True:
             if self._db_may_try():
                 started = time.perf_counter()
                 try:
-                    result = self.store.write(rows, len(batch.rows), batch.rejections)
+                    result = self.store.write(rows, batch.rejections)
                 except psycopg.OperationalError as exc:
                     self._db_failed(exc)
                 except psycopg.Error as exc:
@@ -302,7 +310,7 @@ class IngestService:
                     self._db_ok()
                     return True
             try:
-                self.spool.append(encode_frame(rows, len(batch.rows), batch.rejections))
+                self.spool.append(encode_frame(rows, batch.rejections))
                 self.metrics.spooled.inc()
                 self.metrics.spool_bytes.set(self.spool.size_bytes)
                 return True
@@ -338,7 +346,7 @@ class IngestService:
             try:
                 for body in frames:
                     frame = decode_frame(body)
-                    self.store.write(frame.rows, frame.n_rows, frame.rejections)
+                    self.store.write(frame.rows, frame.rejections)
             except psycopg.OperationalError as exc:
                 self._db_failed(exc)
                 return
@@ -393,14 +401,21 @@ class IngestService:
         )
         self._client.loop_start()
 
-    def stop(self) -> None:
-        """Flush what was received, acknowledge it, disconnect (the session stays)."""
+    def stop(self, end_session: bool = False) -> None:
+        """Flush what was received, acknowledge it, disconnect.
+
+        The session stays at the broker (it queues for our return) unless ``end_session``.
+        """
         self.stopping.set()
         self.batcher.close()
         if self._writer is not None:
             self._writer.join()
         if self._client is not None:
-            self._client.disconnect()
+            props = None
+            if end_session:
+                props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 0
+            self._client.disconnect(properties=props)
             self._client.loop_stop()
         self.store.close()
         if self._http is not None:

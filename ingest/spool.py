@@ -17,13 +17,13 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from ingest.pipeline import Rejection
+from ingest.pipeline import Rejection, Row
 from sobriety.errors import RejectReason, SobrietyError
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,19 @@ class SpoolFullError(SobrietyError):
     """The spool has reached its configured size; the batch was not written."""
 
 
+_ROW = struct.Struct("<qihd")
+
+
 @dataclass(frozen=True, slots=True)
 class SpooledBatch:
-    """What a frame holds: COPY rows (text), their count and the rejections."""
+    """What a frame holds: the rows and the rejections of one batch."""
 
-    rows: bytes
-    n_rows: int
+    rows: list[Row]
     rejections: list[Rejection]
 
 
-def encode_frame(rows: bytes, n_rows: int, rejections: list[Rejection]) -> bytes:
-    """The body of a frame."""
+def encode_frame(rows: Sequence[Row], rejections: Sequence[Rejection]) -> bytes:
+    """The body of a frame: row count, packed rows, rejections as JSON."""
     rej = orjson.dumps(
         [
             [
@@ -63,19 +65,20 @@ def encode_frame(rows: bytes, n_rows: int, rejections: list[Rejection]) -> bytes
             for r in rejections
         ]
     )
-    return struct.pack("<IQ", n_rows, len(rows)) + rows + rej
+    pack = _ROW.pack
+    return struct.pack("<Q", len(rows)) + b"".join(pack(*row) for row in rows) + rej
 
 
 def decode_frame(body: bytes) -> SpooledBatch:
     """Inverse of :func:`encode_frame`."""
-    n_rows, size = struct.unpack_from("<IQ", body)
-    start = struct.calcsize("<IQ")
-    rows = body[start : start + size]
+    (n_rows,) = struct.unpack_from("<Q", body)
+    start = 8 + n_rows * _ROW.size
+    rows: list[Row] = list(_ROW.iter_unpack(body[8:start]))
     rejections = [
         Rejection(t, topic, site, device, RejectReason(reason), detail, bytes.fromhex(p), n)
-        for t, topic, site, device, reason, detail, p, n in orjson.loads(body[start + size :])
+        for t, topic, site, device, reason, detail, p, n in orjson.loads(body[start:])
     ]
-    return SpooledBatch(rows, n_rows, rejections)
+    return SpooledBatch(rows, rejections)
 
 
 class Spool:

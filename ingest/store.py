@@ -1,6 +1,6 @@
 """Writes batches to PostgreSQL: ``COPY`` into a staging table, then one deduplicating insert.
 
-Readings go through a temporary table (``COPY`` text format, built by the pipeline) and
+Readings go through a temporary table (binary ``COPY``) and
 ``INSERT … ON CONFLICT DO NOTHING`` on (device, metric, time), so a redelivered message is stored
 once. Rejections are upserted on their fingerprint in the same transaction: a batch is durable as
 a whole or not at all.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from ingest.pipeline import Rejection
+from ingest.pipeline import Rejection, Row
 from sobriety.clock import utc
 from sobriety.db import connect
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 _STAGE = """CREATE TEMPORARY TABLE IF NOT EXISTS readings_stage (
     t_us bigint NOT NULL, device_id integer NOT NULL, metric_id smallint NOT NULL,
     value double precision NOT NULL) ON COMMIT DELETE ROWS"""
+_STAGE_TYPES = ("int8", "int4", "int2", "float8")
 _MERGE = """INSERT INTO readings (time, device_id, metric_id, value)
     SELECT 'epoch'::timestamptz + t_us * interval '1 microsecond', device_id, metric_id, value
     FROM readings_stage
@@ -106,12 +107,11 @@ class Store:
 
     def write(
         self,
-        rows: str | bytes,
-        n_rows: int,
+        rows: Sequence[Row],
         rejections: Sequence[Rejection],
         replayed_ids: Sequence[int] = (),
     ) -> WriteResult:
-        """Store ``rows`` (COPY text, ``n_rows`` lines) and ``rejections`` in one transaction.
+        """Store ``rows`` and ``rejections`` in one transaction.
 
         ``replayed_ids`` are rejected messages that this write resolves (marked replayed in the
         same transaction).
@@ -123,11 +123,14 @@ class Store:
         try:
             with conn.transaction(), conn.cursor() as cur:
                 stored = 0
-                if n_rows:
+                if rows:
                     with cur.copy(
-                        "COPY readings_stage (t_us, device_id, metric_id, value) FROM STDIN"
+                        "COPY readings_stage (t_us, device_id, metric_id, value) "
+                        "FROM STDIN (FORMAT BINARY)"
                     ) as copy:
-                        copy.write(rows)
+                        copy.set_types(_STAGE_TYPES)
+                        for row in rows:
+                            copy.write_row(row)
                     cur.execute(_MERGE)
                     stored = max(cur.rowcount, 0)
                     cur.execute(_STATUS)
@@ -139,7 +142,7 @@ class Store:
                         "UPDATE rejected_messages SET replayed_at = now() WHERE id = ANY(%s)",
                         (list(replayed_ids),),
                     )
-            return WriteResult(stored, n_rows - stored, len(rejections))
+            return WriteResult(stored, len(rows) - stored, len(rejections))
         except psycopg.OperationalError:
             self.close()
             raise

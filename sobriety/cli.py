@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         svc.add_argument(
             "--validate-config", action="store_true", help="check the configuration and exit"
         )
+        svc.add_argument("--workers", type=int, help="ingest processes on one shared subscription")
+        svc.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+        svc.add_argument("--retire-session", help=argparse.SUPPRESS)
 
     imp = sub.add_parser("import", help="backfill data")
     imp_sub = imp.add_subparsers(dest="import_command", required=True, metavar="WHAT")
@@ -106,7 +109,10 @@ def _config(args: argparse.Namespace) -> Config:
             "client_id": getattr(args, "client_id", None),
             "shared_group": getattr(args, "shared_group", None),
         },
-        "ingest": {"spool_dir": getattr(args, "spool_dir", None)},
+        "ingest": {
+            "spool_dir": getattr(args, "spool_dir", None),
+            "workers": getattr(args, "workers", None),
+        },
         "metrics": {"port": getattr(args, "metrics_port", None)},
     }
     return load_config(args.config, overrides=overrides)
@@ -151,10 +157,25 @@ def _install_signals(stop: Callable[[], None]) -> None:
 
 def _cmd_ingest(args: argparse.Namespace, config: Config) -> int:
     from ingest.service import IngestService
+    from ingest.workers import (
+        main_argv,
+        retire_session,
+        retire_stale_sessions,
+        run_workers,
+        worker_config,
+    )
 
     if args.validate_config:
         print(config.model_dump_json(indent=2))
         return 0
+    if args.retire_session:
+        return retire_session(worker_config(config, None, args.retire_session))
+    if args.worker is None:
+        retire_stale_sessions(config, config.ingest.workers, main_argv())
+        if config.ingest.workers > 1:
+            return run_workers(config, config.ingest.workers, main_argv())
+    if args.worker is not None:
+        config = worker_config(config, args.worker)
     service = IngestService(config)
     _install_signals(service.stopping.set)
     service.run()

@@ -76,6 +76,7 @@ class IngestConfig(_Section):
     future_window_s: float = Field(600.0, gt=0)
     inventory_refresh_s: float = Field(5.0, ge=0)
     db_retry_max_s: float = Field(30.0, gt=0)
+    workers: int = Field(1, ge=1, le=64)
 
 
 class StorageConfig(_Section):

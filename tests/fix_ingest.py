@@ -128,11 +128,11 @@ class IngestProcess:
             time.sleep(0.05)
         time.sleep(0.2)
 
-    def metric(self, name: str) -> float:
-        """A sample of the Prometheus endpoint (0 when absent)."""
+    def metric(self, name: str, port: int | None = None) -> float:
+        """A sample of the Prometheus endpoint (0 when absent, -1 when unreachable)."""
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+                f"http://127.0.0.1:{port or self.metrics_port}/metrics", timeout=5
             ) as resp:
                 text = resp.read().decode()
         except OSError:

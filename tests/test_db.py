@@ -116,7 +116,8 @@ def test_timescale_hypertable_compression_and_retention() -> None:
         jobs = {
             r[0]
             for r in conn.execute(
-                "SELECT proc_name FROM timescaledb_information.jobs WHERE hypertable_name = 'readings'"
+                "SELECT proc_name FROM timescaledb_information.jobs "
+                "WHERE hypertable_name = 'readings'"
             )
         }
         assert {"policy_compression", "policy_retention"} <= jobs

@@ -243,3 +243,50 @@ def test_two_ingest_processes_share_the_subscription(
     for worker in workers:
         assert worker.terminate() == 0
     pub.close()
+
+
+def test_workers_split_the_load_and_scaling_down_strands_nothing(
+    conn: psycopg.Connection,
+    db_url: str,
+    private_broker: PrivateBroker,
+    tmp_path: Path,
+    site: str,
+    root: str,
+    ingest_process: Callable[[Config], IngestProcess],
+) -> None:
+    register(conn, site, *((d, "luminaire") for d in DEVICES))
+    two = make_config(db_url, private_broker.url, tmp_path, root, ingest={"workers": 2})
+    supervisor = ingest_process(two)
+    supervisor.start()
+    wait_until(
+        lambda: (
+            supervisor.metric("sobriety_ingest_broker_connected", port=supervisor.metrics_port + 1)
+            == 1
+        ),
+        20,
+        "worker 1 connected",
+    )
+    pub = Publisher(private_broker.url)
+    pub.wait_acked(pub.publish(stream(root, site, 1000)))
+    wait_until(lambda: count_readings(conn, site) == 10000, 60, "every reading stored")
+    received = [
+        supervisor.metric("sobriety_ingest_messages_received_total", port=p)
+        for p in (supervisor.metrics_port, supervisor.metrics_port + 1)
+    ]
+    assert sum(received) == 1000
+    assert min(received) > 0, f"the load was split: {received}"
+    assert supervisor.terminate() == 0
+    # While stopped, the broker queues the stream for both offline sessions of the group.
+    pub.wait_acked(1000 + pub.publish(stream(root, site, 2000, records=1)))
+    one = two.model_copy(update={"ingest": two.ingest.model_copy(update={"workers": 1})})
+    single = ingest_process(one)
+    single.start()
+    wait_until(
+        lambda: count_readings(conn, site) == 10000 + 2000,
+        60,
+        "the retired worker's queue drained too",
+    )
+    assert "retired" in single.log()
+    assert duplicates(conn, site) == 0
+    assert single.terminate() == 0
+    pub.close()

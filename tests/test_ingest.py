@@ -67,7 +67,8 @@ def test_published_readings_are_stored_in_canonical_units(
     )
     wait_until(lambda: count_readings(conn, site) == 3, 10, "3 readings stored")
     rows = conn.execute(
-        "SELECT device, metric, value, unit FROM api.readings WHERE site = %s ORDER BY device, metric",
+        "SELECT device, metric, value, unit FROM api.readings WHERE site = %s "
+        "ORDER BY device, metric",
         (site,),
     ).fetchall()
     assert rows == [

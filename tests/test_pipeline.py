@@ -17,12 +17,8 @@ def pipeline(**limits: float) -> Pipeline:
     return Pipeline(lambda s, d: DEVICES.get((s, d)), ROOT, Limits(**limits))  # type: ignore[arg-type]
 
 
-def rows(out_rows: list[str]) -> list[tuple[int, int, int, float]]:
-    parsed = []
-    for line in out_rows:
-        t_us, dev, metric, value = line.rstrip("\n").split("\t")
-        parsed.append((int(t_us), int(dev), int(metric), float(value)))
-    return parsed
+def rows(out_rows: list[tuple[int, int, int, float]]) -> list[tuple[int, int, int, float]]:
+    return list(out_rows)
 
 
 def senml(*records: dict[str, object]) -> bytes:
