@@ -329,11 +329,20 @@ class IngestService:
         if client is None:
             return
         generation = self._generation
-        for gen, mid, qos in batch.acks:
-            # An id from an earlier connection may now name another message: the broker
-            # redelivers the old one, which is then stored (deduplicated) and acknowledged.
-            if gen == generation:
-                client.ack(mid, qos)
+        # An id from an earlier connection may now name another message: the broker
+        # redelivers the old one, which is then stored (deduplicated) and acknowledged.
+        current = [(mid, qos) for gen, mid, qos in batch.acks if gen == generation]
+        queue = getattr(client, "_packet_queue", None)
+        if queue is not None and all(qos == 1 for _, qos in current):
+            # One write for the whole batch instead of one queued packet (and one wake-up of
+            # paho's loop) per message: PUBACK is 0x40, remaining length 2, the packet id
+            # (MQTT 5 3.4.2.1: reason code and properties may be omitted on success).
+            blob = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid, _ in current)
+            if blob:
+                queue(mqtt.PUBACK, blob, 0, 0)
+            return
+        for mid, qos in current:
+            client.ack(mid, qos)
 
     def drain_spool(self, budget_s: float) -> None:
         """Replay spooled segments into the database for at most about ``budget_s`` seconds."""

@@ -213,7 +213,8 @@ def _describe(
             if not key:
                 expected = "no such section (database, mqtt, ingest, storage, metrics)"
         else:
-            expected = f"expected {err['msg'].removeprefix('Value error, ')}"
+            msg = err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+            expected = f"expected {msg}"
         value = data.get(section, {}).get(key, err.get("input")) if key else None
         shown = f" = {value!r}" if key else ""
         lines.append(f"{origin}: [{section}] {key}{shown}: {expected}".replace("[?] ", ""))

@@ -290,3 +290,27 @@ def test_workers_split_the_load_and_scaling_down_strands_nothing(
     assert duplicates(conn, site) == 0
     assert single.terminate() == 0
     pub.close()
+
+
+def test_stored_messages_are_acknowledged_and_never_redelivered(
+    conn: psycopg.Connection,
+    db_url: str,
+    private_broker: PrivateBroker,
+    tmp_path: Path,
+    site: str,
+    root: str,
+    run_ingest: Callable[[Config], IngestService],
+) -> None:
+    register(conn, site, *((d, "luminaire") for d in DEVICES))
+    config = make_config(db_url, private_broker.url, tmp_path, root)
+    first = run_ingest(config)
+    pub = Publisher(private_broker.url)
+    pub.wait_acked(pub.publish(stream(root, site, 3000, records=1)))
+    wait_until(lambda: count_readings(conn, site) == 3000, 30, "all stored")
+    first.stop()
+    again = run_ingest(config)  # same client id: the broker resumes the session
+    time.sleep(1.0)
+    assert again.metrics.received._value.get() == 0, "acknowledged messages came back"
+    assert first.metrics.duplicates._value.get() == 0
+    assert "protocol error" not in private_broker.log().lower()
+    pub.close()

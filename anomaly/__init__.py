@@ -1,0 +1,1 @@
+"""anomaly stage (to come: see README.md)."""

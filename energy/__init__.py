@@ -1,0 +1,1 @@
+"""energy stage (to come: see README.md)."""

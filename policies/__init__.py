@@ -1,0 +1,1 @@
+"""policies stage (to come: see README.md)."""

@@ -1,0 +1,1 @@
+"""simulators stage (to come: see README.md)."""
