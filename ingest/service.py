@@ -208,12 +208,21 @@ class IngestService:
     # --- MQTT ---------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         mcfg = self.config.mqtt
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=mcfg.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
+        if mcfg.protocol == "5":
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=mcfg.client_id,
+                protocol=mqtt.MQTTv5,
+                manual_ack=True,
+            )
+        else:  # MQTT 3.1.1: the persistent session is clean_session=False
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=mcfg.client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+                manual_ack=True,
+            )
         if mcfg.username:
             client.username_pw_set(mcfg.username, self.config.mqtt_password())
         client.reconnect_delay_set(1, max(1, int(mcfg.reconnect_max_s)))
@@ -398,16 +407,16 @@ class IngestService:
         self._writer.start()
         self._client = self._make_client()
         url = urlsplit(mcfg.url)
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = mcfg.session_expiry_s
-        props.ReceiveMaximum = mcfg.receive_maximum
-        self._client.connect_async(
-            url.hostname or "127.0.0.1",
-            url.port or 1883,
-            keepalive=mcfg.keepalive_s,
-            clean_start=False,
-            properties=props,
-        )
+        host, port = url.hostname or "127.0.0.1", url.port or 1883
+        if mcfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = mcfg.session_expiry_s
+            props.ReceiveMaximum = mcfg.receive_maximum
+            self._client.connect_async(
+                host, port, keepalive=mcfg.keepalive_s, clean_start=False, properties=props
+            )
+        else:
+            self._client.connect_async(host, port, keepalive=mcfg.keepalive_s)
         self._client.loop_start()
 
     def stop(self, end_session: bool = False) -> None:
@@ -421,7 +430,7 @@ class IngestService:
             self._writer.join()
         if self._client is not None:
             props = None
-            if end_session:
+            if end_session and self.config.mqtt.protocol == "5":
                 props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = 0
             self._client.disconnect(properties=props)

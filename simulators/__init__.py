@@ -1,1 +1,17 @@
-"""simulators stage (to come: see README.md)."""
+"""Simulated town: scenario files, device physics, the MQTT fleet and its ground truth."""
+
+from simulators.fleet import Fleet
+from simulators.scenario import Scenario, load_scenario, packaged_scenario
+from simulators.town import Town, build_town, write_inventory
+from simulators.truth import Truth
+
+__all__ = [
+    "Fleet",
+    "Scenario",
+    "Town",
+    "Truth",
+    "build_town",
+    "load_scenario",
+    "packaged_scenario",
+    "write_inventory",
+]

@@ -7,6 +7,7 @@ import logging
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -88,6 +89,34 @@ def _parser() -> argparse.ArgumentParser:
     exp_readings.add_argument("--until", type=parse_time, required=True)
     exp_readings.add_argument("--site")
     exp_readings.add_argument("--format", choices=["csv"], default="csv")
+
+    sim = sub.add_parser("simulate", help="run a simulated town against the broker")
+    sim.add_argument("--scenario", type=Path, help="scenario TOML (default: the demo town)")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument(
+        "--speed",
+        type=float,
+        default=1440.0,
+        help="simulated seconds per second (default 1440: a day per minute; 0: full speed)",
+    )
+    sim.add_argument("--days", type=float, help="simulated days (default: the scenario's)")
+    sim.add_argument("--out", type=Path, help="inventory and truth.json (default var/sim/...)")
+    sim.add_argument(
+        "--import-inventory",
+        action="store_true",
+        help="import the town's inventory into the configured database first",
+    )
+
+    demo = sub.add_parser("demo", help="the whole chain on a simulated town, then a summary")
+    demo.add_argument("--days", type=float, default=1.0, help="simulated days (default 1)")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--serve", action="store_true", help="keep the ingest running afterwards")
+    demo.add_argument(
+        "--embedded",
+        action="store_true",
+        help="start embedded broker and database even when local ones are reachable",
+    )
+    demo.add_argument("--workdir", type=Path, help="keep inventory, truth and services here")
 
     rej = sub.add_parser("rejected", help="list (or replay) rejected messages")
     rej.add_argument("--since", type=parse_time)
@@ -275,6 +304,77 @@ def _cmd_rejected(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
+    from simulators import Fleet, build_town, load_scenario, packaged_scenario, write_inventory
+    from sobriety.db import connect
+    from sobriety.inventory import import_inventory
+
+    scenario = load_scenario(args.scenario or packaged_scenario("demo"))
+    if args.speed < 0:
+        raise ConfigError(f"--speed {args.speed}: expected 0 (full speed) or more")
+    town = build_town(scenario, args.seed)
+    out = args.out or Path("var") / "sim" / f"{scenario.name}-{args.seed}"
+    dmas_csv, devices_csv = write_inventory(town, out / "inventory")
+    print(f"inventory: {dmas_csv} and {devices_csv} ({len(town.devices)} devices)")
+    if args.import_inventory:
+        with connect(config.db_conninfo()) as conn:
+            import_inventory(conn, dmas_csv)
+            import_inventory(conn, devices_csv)
+    fleet = Fleet(
+        town, config.mqtt.url, speed=args.speed, days=args.days, protocol=config.mqtt.protocol
+    )
+    fleet.connect()
+    stop = threading.Event()
+    _install_signals(stop.set)
+    try:
+        truth = fleet.run(progress=True, stop=stop)
+        fleet.wait_published()
+    finally:
+        fleet.close()
+    truth.write(out / "truth.json")
+    rejections = ", ".join(f"{k}: {v}" for k, v in sorted(truth.expected_rejections.items()))
+    print(
+        f"sent {truth.messages:,} messages, {truth.readings:,} valid readings; "
+        f"faults that the ingest must reject: {rejections or 'none'}; truth: {out / 'truth.json'}"
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    import os
+
+    from sobriety.demo import run_demo
+
+    default = load_config(None, env={})
+    configured_db = (
+        args.db_url
+        or os.environ.get("SOBRIETY_DB_URL")
+        or (config.database.url if config.database.url != default.database.url else None)
+    )
+    configured_mqtt = (
+        args.mqtt_url
+        or os.environ.get("SOBRIETY_MQTT_URL")
+        or (config.mqtt.url if config.mqtt.url != default.mqtt.url else None)
+    )
+    if configured_db:
+        configured_db = config.db_conninfo()
+    stop = threading.Event()
+    _install_signals(stop.set)
+    run_demo(
+        config,
+        days=args.days,
+        seed=args.seed,
+        embedded=args.embedded,
+        configured_db=configured_db,
+        configured_mqtt=configured_mqtt,
+        workdir=args.workdir,
+        serve=args.serve,
+        stop=stop,
+        out=sys.stdout,
+    )
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "db": _cmd_db,
     "inventory": _cmd_inventory,
@@ -283,6 +383,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "import": _cmd_import,
     "export": _cmd_export,
     "rejected": _cmd_rejected,
+    "simulate": _cmd_simulate,
+    "demo": _cmd_demo,
 }
 
 

@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -44,6 +44,7 @@ class MqttConfig(_Section):
     """Broker connection and the ingest's persistent session."""
 
     url: str = "mqtt://127.0.0.1:1883"
+    protocol: Literal["5", "3.1.1"] = "5"
     root: str = DEFAULT_ROOT
     client_id: str = "sobriety-ingest"
     shared_group: str | None = None
@@ -123,6 +124,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "SOBRIETY_DB_URL": ("database", "url"),
     "SOBRIETY_MQTT_URL": ("mqtt", "url"),
     "SOBRIETY_MQTT_ROOT": ("mqtt", "root"),
+    "SOBRIETY_MQTT_PROTOCOL": ("mqtt", "protocol"),
     "SOBRIETY_MQTT_CLIENT_ID": ("mqtt", "client_id"),
     "SOBRIETY_MQTT_SHARED_GROUP": ("mqtt", "shared_group"),
     "SOBRIETY_MQTT_USERNAME": ("mqtt", "username"),

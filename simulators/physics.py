@@ -1,0 +1,99 @@
+"""Physical models of the simulated devices: pure functions over numbers or numpy arrays.
+
+Units are in the names and docstrings: W, Wh, m³/h, m³, bar, metres of water, °C, hours.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+M_WATER_TO_BAR = 0.0980665
+"""1 metre of water column in bar."""
+
+
+def driver_efficiency(level: FloatArray) -> FloatArray:
+    """LED driver efficiency (0-1) at a dimming level (0-1): 0.90 at full load, falling to
+    0.70 near zero load, as drivers do at low output."""
+    return 0.90 - 0.20 * (1.0 - level) ** 2
+
+
+def luminaire_power_w(
+    level: FloatArray, nominal_w: FloatArray, standby_w: FloatArray | float
+) -> FloatArray:
+    """Electrical input power [W] of a luminaire at dimming ``level`` (0-1).
+
+    ``nominal_w`` is the input power at full light; the LED power scales with the level and the
+    driver's efficiency falls at low load, so 50 % light draws ~53 % power. Standby power [W] is
+    drawn whenever the driver is powered (also when the light is off).
+    """
+    light = np.clip(level, 0.0, 1.0)
+    led = nominal_w * light * driver_efficiency(np.ones_like(light)) / driver_efficiency(light)
+    return np.where(light > 0, led, 0.0) + standby_w
+
+
+def _raw_pattern(hour: FloatArray | float, weekend: bool) -> FloatArray:
+    morning = 9.5 if weekend else 7.5
+    return np.asarray(
+        0.25
+        + (1.1 if weekend else 1.5) * np.exp(-0.5 * ((hour - morning) / 1.3) ** 2)
+        + 1.0 * np.exp(-0.5 * ((hour - 19.5) / 1.8) ** 2)
+        + 0.55 * np.exp(-0.5 * ((hour - 13.0) / 2.0) ** 2)
+    )
+
+
+_PATTERN_MEAN = {
+    weekend: float(_raw_pattern(np.linspace(0, 24, 1440, endpoint=False), weekend).mean())
+    for weekend in (False, True)
+}
+
+
+def demand_pattern(hour: float, weekend: bool) -> float:
+    """Relative household water demand at local ``hour`` (0-24), mean 1 over a day.
+
+    Morning and evening peaks (later and lower on weekends) over a night minimum of ~0.25 of
+    the mean, as in published residential diurnal curves.
+    """
+    return float(_raw_pattern(hour, weekend)) / _PATTERN_MEAN[weekend]
+
+
+def leak_flow_m3h(
+    hours_since_start: float,
+    kind: str,
+    flow_m3h: float,
+    ramp_h: float,
+    end_h: float | None,
+    start_h: float,
+) -> float:
+    """Flow of one leak [m³/h] at a time [h from the start of the run]: 0 before ``start_h`` and
+    after ``end_h``; a step (burst) or a linear ramp over ``ramp_h`` (incipient)."""
+    if hours_since_start < start_h or (end_h is not None and hours_since_start >= end_h):
+        return 0.0
+    if kind == "burst":
+        return flow_m3h
+    return flow_m3h * min(1.0, (hours_since_start - start_h) / ramp_h)
+
+
+def dma_pressure_bar(inflow_m3h: float, static_head_m: float, peak_inflow_m3h: float) -> float:
+    """Pressure at the DMA's critical point [bar]: static head minus friction losses that grow
+    with the square of the inflow (Darcy-Weisbach), 15 % of the head at the expected peak."""
+    loss_m = 0.15 * static_head_m * (inflow_m3h / max(peak_inflow_m3h, 1e-9)) ** 2
+    return max(static_head_m - loss_m, 0.0) * M_WATER_TO_BAR
+
+
+def outdoor_temperature_c(hour: float, mean_c: float, swing_c: float) -> float:
+    """Outdoor temperature [°C] at local ``hour``: coldest near 05:00, warmest near 15:00."""
+    return mean_c + swing_c * float(np.sin(2 * np.pi * (hour - 9.0) / 24.0))
+
+
+def cooling_power_kw(it_kw: float, outdoor_c: float) -> float:
+    """Cooling electrical power [kW] for an IT load [kW]: the chillers' work rises with outdoor
+    temperature (free cooling below 10 °C)."""
+    return it_kw * (0.18 + 0.015 * max(outdoor_c - 10.0, 0.0))
+
+
+def facility_overhead_kw(it_kw: float) -> float:
+    """Lighting, UPS and distribution losses of the room [kW]."""
+    return 0.4 + 0.06 * it_kw

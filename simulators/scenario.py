@@ -1,0 +1,228 @@
+"""Scenario files: a TOML description of a town (several sites), its faults and leaks.
+
+Every key has a default, so ``[[sites]]`` with a ``site`` id is a valid scenario; unknown keys are
+errors naming the file, the key, the value and what was expected. See ``scenarios/demo.toml``.
+Units: powers in W (or kW where the key says so), flows in m³/h, lengths in km, pressures in metres
+of water, durations in seconds unless the key says hours/days.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sobriety.contract import valid_segment
+from sobriety.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Reporting(_Model):
+    """How often a kind of device samples (``interval_s``) and how many samples it sends per
+    message (``batch``); ``deadband`` per metric: a sample that moved less than this since the
+    last one sent is skipped (report by exception), unless ``max_silence_s`` has passed."""
+
+    interval_s: int = Field(600, ge=60)
+    batch: int = Field(1, ge=1, le=100)
+    deadband: dict[str, float] = Field(default_factory=dict)
+    max_silence_s: int = Field(3600, ge=60)
+
+
+def _default_reporting() -> dict[str, Reporting]:
+    return {
+        "luminaire": Reporting(interval_s=600, batch=6),
+        "cabinet_meter": Reporting(interval_s=300, batch=3),
+        "flow_meter": Reporting(interval_s=300, batch=3),
+        "pressure_sensor": Reporting(interval_s=300, batch=3),
+        "water_meter": Reporting(interval_s=3600, batch=1),
+        "pump_meter": Reporting(interval_s=300, batch=3),
+        "facility_meter": Reporting(interval_s=300, batch=3),
+        "it_meter": Reporting(interval_s=300, batch=3),
+    }
+
+
+class Program(_Model):
+    """A lighting program: on at sunset + ``on_offset_min``, off at sunrise + ``off_offset_min``,
+    dimming ``steps`` of (local "HH:MM", level %) in between; ``presence_boost`` % for
+    ``presence_hold_s`` after a detection."""
+
+    on_offset_min: int = 0
+    off_offset_min: int = 0
+    steps: list[tuple[str, float]] = Field(
+        default_factory=lambda: [("22:00", 70.0), ("23:30", 40.0), ("05:30", 70.0)]
+    )
+    presence_boost: float = Field(100.0, ge=0, le=100)
+    presence_hold_s: int = Field(120, ge=0)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        for when, level in steps:
+            hours, _, minutes = when.partition(":")
+            if not (
+                hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60
+            ):
+                raise ValueError(f"a local time HH:MM, got {when!r}")
+            if not 0 <= level <= 100:
+                raise ValueError(f"a level from 0 to 100 %, got {level}")
+        return steps
+
+
+class Lighting(_Model):
+    """Streets of luminaires under cabinets."""
+
+    streets: int = Field(4, ge=0)
+    luminaires_per_street: int = Field(10, ge=1)
+    streets_per_cabinet: int = Field(2, ge=1)
+    classes: list[str] = Field(default_factory=lambda: ["M3", "M4", "M5"])
+    nominal_power_w: list[float] = Field(default_factory=lambda: [30.0, 40.0, 60.0])
+    standby_w: float = Field(0.4, ge=0)
+    presence_fraction: float = Field(0.2, ge=0, le=1)
+    presence_rate_per_hour: float = Field(3.0, ge=0)
+    lamp_failures: int = Field(1, ge=0, description="lamps that fail during the run")
+    day_burners: int = Field(1, ge=0, description="lamps stuck on in daytime")
+    drifting: int = Field(1, ge=0, description="lamps whose power drifts up from their curve")
+    drift_per_day: float = Field(0.05, ge=0)
+    program: Program = Program()
+
+
+class Leak(_Model):
+    """A leak: ``burst`` (a step of ``flow_m3h`` at ``start_h``) or ``incipient`` (growing
+    linearly to ``flow_m3h`` over ``ramp_h``), repaired at ``end_h`` if given. Hours from the
+    start of the run."""
+
+    dma: int = Field(0, ge=0, description="index of the DMA in the site")
+    kind: Literal["burst", "incipient"] = "burst"
+    start_h: float = Field(..., ge=0)
+    end_h: float | None = None
+    flow_m3h: float = Field(..., gt=0)
+    ramp_h: float = Field(24.0, gt=0)
+
+
+class Water(_Model):
+    """District metered areas with their meters, and the pumping station feeding them."""
+
+    dmas: int = Field(1, ge=0)
+    customers_per_dma: int = Field(20, ge=1)
+    mains_km_per_dma: float = Field(8.0, gt=0)
+    private_km_per_dma: float = Field(1.5, ge=0)
+    avg_pressure_m: float = Field(40.0, gt=0)
+    outlet_every: int = Field(2, ge=0, description="every Nth DMA has an outlet meter (0: none)")
+    consumption_m3_per_day: float = Field(0.15, gt=0, description="mean per customer")
+    background_leakage_m3h_per_km: float = Field(0.02, ge=0)
+    customer_leaks: int = Field(1, ge=0, description="customers with a continuous leak")
+    customer_leak_m3h: float = Field(0.01, gt=0)
+    pumping_station: bool = True
+    pump_kwh_per_m3: float = Field(0.45, gt=0)
+    leaks: list[Leak] = Field(default_factory=list)
+
+
+class ServerRoom(_Model):
+    """The supervision server room: IT load and cooling that follows outdoor temperature."""
+
+    enabled: bool = True
+    it_load_kw: float = Field(6.0, gt=0)
+    outdoor_mean_c: float = 12.0
+    outdoor_swing_c: float = Field(6.0, ge=0)
+
+
+class Site(_Model):
+    """One commune."""
+
+    site: str
+    name: str | None = None
+    lat: float = Field(45.76, ge=-90, le=90)
+    lon: float = Field(4.84, ge=-180, le=180)
+    timezone: str = "Europe/Paris"
+    lighting: Lighting = Lighting()
+    water: Water = Water()
+    server_room: ServerRoom = ServerRoom()
+
+    @field_validator("site")
+    @classmethod
+    def _site_id(cls, value: str) -> str:
+        if not valid_segment(value):
+            raise ValueError("an id of 1-64 characters A-Za-z0-9_.-")
+        return value
+
+
+class Faults(_Model):
+    """Faults injected during the run, counted in the ground truth."""
+
+    malformed: int = Field(2, ge=0)
+    duplicates: int = Field(2, ge=0)
+    out_of_order: int = Field(1, ge=0)
+    late: int = Field(1, ge=0)
+    late_s: int = Field(7200, ge=60)
+    dropouts: int = Field(1, ge=0)
+    dropout_s: int = Field(7200, ge=60)
+    clock_skew: int = Field(1, ge=0)
+    clock_skew_s: int = Field(-8 * 86400, description="beyond the ingest's window by default")
+    clock_skew_duration_s: int = Field(3600, ge=60)
+    unknown_devices: int = Field(1, ge=0)
+
+
+class Scenario(_Model):
+    """A whole scenario."""
+
+    name: str = "scenario"
+    start: datetime | Literal["auto"] = "auto"
+    days: float = Field(1.0, gt=0)
+    step_s: int = Field(60, ge=1, le=3600)
+    root: str = "sobriety/v1"
+    sites: list[Site] = Field(..., min_length=1)
+    reporting: dict[str, Reporting] = Field(default_factory=_default_reporting)
+    faults: Faults = Faults()
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime | str) -> datetime | str:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise ValueError("a time with a UTC offset (or 'auto')")
+        return value
+
+
+def _describe(path: Path, exc: ValidationError, raw: dict[str, Any]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        value: Any = raw
+        for part in err["loc"]:
+            try:
+                value = value[part]
+            except (KeyError, IndexError, TypeError):
+                value = None
+                break
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+        if err["type"] == "extra_forbidden":
+            msg = "no such key"
+        elif err["type"] == "missing":
+            msg = "a value (required)"
+        lines.append(f"{path}: {key} = {value!r}: expected {msg}")
+    return "; ".join(lines)
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and validate a scenario file; :class:`ConfigError` names file, key and expectation."""
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: scenario file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc, raw)) from None
+
+
+def packaged_scenario(name: str) -> Path:
+    """Path of a scenario shipped with the package (``demo``)."""
+    return Path(__file__).with_name("scenarios") / f"{name}.toml"

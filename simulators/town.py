@@ -1,0 +1,230 @@
+"""A town generated from a scenario and a seed, and its inventory files.
+
+Device ids: ``lum-SS-NNN`` (street SS), ``cab-CC``, ``fm-D-in`` / ``fm-D-out`` (DMA ``dma-D``),
+``ps-D``, ``wm-D-NNNN``, ``pump-1``, ``facility-1``, ``it-1``. The same scenario and seed always
+give the same town.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from simulators.physics import FloatArray
+from simulators.scenario import Scenario, Site
+
+_METRES_PER_DEGREE_LAT = 111_320.0
+
+
+@dataclass
+class Device:
+    """One inventory row."""
+
+    site: str
+    device: str
+    kind: str
+    dma: str = ""
+    role: str = ""
+    lat: float | None = None
+    lon: float | None = None
+    group: str = ""
+    lighting_class: str = ""
+    nominal_power_w: float | None = None
+
+
+@dataclass
+class SiteTown:
+    """The devices of one site and the parameters the simulation needs."""
+
+    spec: Site
+    devices: list[Device] = field(default_factory=list)
+    luminaires: list[str] = field(default_factory=list)
+    lum_cabinet: list[int] = field(default_factory=list)
+    lum_nominal_w: FloatArray = field(default_factory=lambda: np.zeros(0))
+    lum_presence: list[bool] = field(default_factory=list)
+    cabinets: list[str] = field(default_factory=list)
+    dmas: list[str] = field(default_factory=list)
+    dma_has_outlet: list[bool] = field(default_factory=list)
+    customers: list[str] = field(default_factory=list)
+    customer_dma: list[int] = field(default_factory=list)
+    customer_base_m3h: FloatArray = field(default_factory=lambda: np.zeros(0))
+    customer_start_m3: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+
+@dataclass
+class Town:
+    """All sites of a scenario."""
+
+    scenario: Scenario
+    seed: int
+    sites: list[SiteTown]
+
+    @property
+    def devices(self) -> list[Device]:
+        """Every device of every site."""
+        return [d for s in self.sites for d in s.devices]
+
+
+def _offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
+    dlat = north_m / _METRES_PER_DEGREE_LAT
+    dlon = east_m / (_METRES_PER_DEGREE_LAT * max(math.cos(math.radians(lat)), 1e-6))
+    return round(lat + dlat, 6), round(lon + dlon, 6)
+
+
+def _build_site(spec: Site, rng: np.random.Generator) -> SiteTown:
+    town = SiteTown(spec)
+    site = spec.site
+    light = spec.lighting
+    nominal: list[float] = []
+    for street in range(light.streets):
+        cabinet = street // light.streets_per_cabinet
+        if cabinet == len(town.cabinets):
+            cab_id = f"cab-{cabinet:02d}"
+            town.cabinets.append(cab_id)
+            lat, lon = _offset(spec.lat, spec.lon, 200.0 * street, -20.0)
+            town.devices.append(
+                Device(
+                    site, cab_id, "cabinet_meter", lat=lat, lon=lon, group=f"street-{street:02d}"
+                )
+            )
+        klass = light.classes[int(rng.integers(len(light.classes)))]
+        power = float(light.nominal_power_w[int(rng.integers(len(light.nominal_power_w)))])
+        for n in range(light.luminaires_per_street):
+            dev = f"lum-{street:02d}-{n:03d}"
+            lat, lon = _offset(spec.lat, spec.lon, 200.0 * street, 30.0 * n)
+            town.devices.append(
+                Device(
+                    site,
+                    dev,
+                    "luminaire",
+                    lat=lat,
+                    lon=lon,
+                    group=f"street-{street:02d}",
+                    lighting_class=klass,
+                    nominal_power_w=power,
+                )
+            )
+            town.luminaires.append(dev)
+            town.lum_cabinet.append(cabinet)
+            town.lum_presence.append(bool(rng.random() < light.presence_fraction))
+            nominal.append(power)
+    town.lum_nominal_w = np.array(nominal, dtype=float)
+
+    water = spec.water
+    base: list[float] = []
+    start: list[float] = []
+    for d in range(water.dmas):
+        dma = f"dma-{d}"
+        town.dmas.append(dma)
+        outlet = water.outlet_every > 0 and d % water.outlet_every == water.outlet_every - 1
+        town.dma_has_outlet.append(outlet)
+        lat, lon = _offset(spec.lat, spec.lon, -500.0 - 400.0 * d, 0.0)
+        town.devices.append(Device(site, f"fm-{d}-in", "flow_meter", dma, "inlet", lat, lon))
+        if outlet:
+            town.devices.append(
+                Device(site, f"fm-{d}-out", "flow_meter", dma, "outlet", lat, lon + 0.004)
+            )
+        town.devices.append(Device(site, f"ps-{d}", "pressure_sensor", dma, "", lat, lon + 0.002))
+        for n in range(water.customers_per_dma):
+            dev = f"wm-{d}-{n:04d}"
+            clat, clon = _offset(lat, lon, -10.0 * (n // 20), 15.0 * (n % 20))
+            town.devices.append(Device(site, dev, "water_meter", dma, "", clat, clon))
+            town.customers.append(dev)
+            town.customer_dma.append(d)
+            # Household sizes vary: lognormal consumption around the scenario's mean.
+            base.append(water.consumption_m3_per_day / 24.0 * float(rng.lognormal(-0.125, 0.5)))
+            start.append(float(rng.uniform(50.0, 2000.0)))
+    town.customer_base_m3h = np.array(base, dtype=float)
+    town.customer_start_m3 = np.array(start, dtype=float)
+    if water.pumping_station and water.dmas:
+        lat, lon = _offset(spec.lat, spec.lon, -300.0, -300.0)
+        town.devices.append(Device(site, "pump-1", "pump_meter", lat=lat, lon=lon))
+    if spec.server_room.enabled:
+        town.devices.append(Device(site, "facility-1", "facility_meter"))
+        town.devices.append(Device(site, "it-1", "it_meter"))
+    return town
+
+
+def build_town(scenario: Scenario, seed: int) -> Town:
+    """The town of ``scenario`` for ``seed`` (deterministic)."""
+    rng = np.random.default_rng(seed)
+    return Town(scenario, seed, [_build_site(spec, rng) for spec in scenario.sites])
+
+
+_DEVICE_COLUMNS = [
+    "site",
+    "device",
+    "kind",
+    "dma",
+    "role",
+    "lat",
+    "lon",
+    "group",
+    "lighting_class",
+    "nominal_power_w",
+]
+
+
+def write_inventory(town: Town, directory: Path) -> tuple[Path, Path]:
+    """Write ``dmas.csv`` and ``devices.csv`` (and ``devices.geojson``); return the CSV paths.
+
+    Import ``dmas.csv`` first: devices name their DMA.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    dmas_path = directory / "dmas.csv"
+    with dmas_path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(
+            ["site", "dma", "name", "mains_km", "connections", "private_km", "avg_pressure_m"]
+        )
+        for site in town.sites:
+            w = site.spec.water
+            for dma in site.dmas:
+                out.writerow(
+                    [
+                        site.spec.site,
+                        dma,
+                        f"Secteur {dma}",
+                        w.mains_km_per_dma,
+                        w.customers_per_dma,
+                        w.private_km_per_dma,
+                        w.avg_pressure_m,
+                    ]
+                )
+    devices_path = directory / "devices.csv"
+    features = []
+    with devices_path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(_DEVICE_COLUMNS)
+        for d in town.devices:
+            row = [
+                d.site,
+                d.device,
+                d.kind,
+                d.dma,
+                d.role,
+                "" if d.lat is None else d.lat,
+                "" if d.lon is None else d.lon,
+                d.group,
+                d.lighting_class,
+                "" if d.nominal_power_w is None else d.nominal_power_w,
+            ]
+            out.writerow(row)
+            props = {
+                k: v
+                for k, v in zip(_DEVICE_COLUMNS, row, strict=True)
+                if v != "" and k not in {"lat", "lon"}
+            }
+            geometry = (
+                {"type": "Point", "coordinates": [d.lon, d.lat]} if d.lat is not None else None
+            )
+            features.append({"type": "Feature", "geometry": geometry, "properties": props})
+    (directory / "devices.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": features})
+    )
+    return dmas_path, devices_path

@@ -1,0 +1,53 @@
+"""Ground truth of a simulated run, written next to it (``truth.json``) so that tests and
+evaluations can score the other stages.
+
+Counts: ``messages`` and ``readings`` sent that the ingest must store (a duplicate, a late or
+reordered message counts once; readings stamped by a skewed clock are not counted), the
+rejections the ingest must record by reason (one per message and reason), the faults injected;
+events (lamp failures, day burners, power drift, customer leaks, dropouts, clock skews); leaks
+(start, end, flow over time, hourly); the true energy of every luminaire and meter [Wh] and the
+water balance of every DMA [m³] over the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Truth:
+    """What really happened during a run. Times in seconds since the epoch."""
+
+    scenario: str
+    seed: int
+    start: float
+    end: float
+    messages: int = 0
+    readings: int = 0
+    expected_rejections: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    leaks: list[dict[str, Any]] = field(default_factory=list)
+    energy_wh: dict[str, float] = field(default_factory=dict)
+    water: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def expect_rejection(self, reason: str) -> None:
+        """One more message the ingest must reject with ``reason``."""
+        self.expected_rejections[reason] = self.expected_rejections.get(reason, 0) + 1
+
+    def count_fault(self, kind: str) -> None:
+        """One more injected fault of ``kind``."""
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+
+    def write(self, path: Path) -> None:
+        """Write as JSON."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
+
+    @classmethod
+    def read(cls, path: Path) -> Truth:
+        """Read a ``truth.json``."""
+        return cls(**json.loads(path.read_text()))

@@ -1,0 +1,310 @@
+"""The simulated town: physics, scenario files, determinism, and runs through the real chain."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from numpy.testing import assert_allclose
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ingest.service import IngestService
+from simulators import Fleet, build_town, load_scenario, packaged_scenario, physics, write_inventory
+from simulators.fleet import SiteModel
+from simulators.scenario import Program, Scenario
+from sobriety.errors import ConfigError
+from sobriety.inventory import import_inventory
+from tests.fix_ingest import make_config
+from tests.fix_mqtt import wait_until
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def small_scenario(root: str, **faults: int) -> Scenario:
+    """A town small enough for a test run of a few seconds."""
+    return Scenario.model_validate(
+        {
+            "name": "small",
+            "days": 0.5,
+            "root": root,
+            "sites": [
+                {
+                    "site": root.split("/")[0][-10:] + "s",
+                    "lighting": {"streets": 2, "luminaires_per_street": 5},
+                    "water": {
+                        "dmas": 2,
+                        "customers_per_dma": 10,
+                        "outlet_every": 2,
+                        "leaks": [{"dma": 0, "kind": "burst", "start_h": 2, "flow_m3h": 1.0}],
+                    },
+                }
+            ],
+            "faults": {
+                "malformed": 2,
+                "duplicates": 2,
+                "out_of_order": 1,
+                "late": 1,
+                "dropouts": 1,
+                "clock_skew": 1,
+                "unknown_devices": 2,
+                **faults,
+            },
+        }
+    )
+
+
+# --- physics -------------------------------------------------------------------------------------
+def test_luminaire_power_follows_the_driver_curve() -> None:
+    power = physics.luminaire_power_w(np.array([1.0, 0.5, 0.0]), np.array([40.0] * 3), 0.4)
+    assert_allclose(power, [40.4, 40 * 0.5 * 0.90 / 0.85 + 0.4, 0.4])
+
+
+def test_demand_pattern_has_mean_one_and_a_night_minimum() -> None:
+    for weekend in (False, True):
+        day = [physics.demand_pattern(h / 60, weekend) for h in range(0, 24 * 60)]
+        assert_allclose(np.mean(day), 1.0, rtol=1e-3)
+        assert min(day) == pytest.approx(min(day[0 : 6 * 60]))  # the minimum is at night
+        assert max(day) > 1.5 * np.mean(day)
+
+
+def test_leaks_burst_and_grow() -> None:
+    assert physics.leak_flow_m3h(1.0, "burst", 2.0, 24, None, start_h=2.0) == 0.0
+    assert physics.leak_flow_m3h(2.0, "burst", 2.0, 24, None, start_h=2.0) == 2.0
+    assert physics.leak_flow_m3h(14.0, "incipient", 2.0, 24, None, start_h=2.0) == 1.0
+    assert physics.leak_flow_m3h(40.0, "incipient", 2.0, 24, None, start_h=2.0) == 2.0
+    assert physics.leak_flow_m3h(5.0, "burst", 2.0, 24, end_h=5.0, start_h=2.0) == 0.0
+
+
+def test_pressure_falls_when_flow_rises() -> None:
+    still = physics.dma_pressure_bar(0.0, 44.0, 10.0)
+    assert still == pytest.approx(44.0 * physics.M_WATER_TO_BAR)
+    assert physics.dma_pressure_bar(10.0, 44.0, 10.0) == pytest.approx(0.85 * still)
+
+
+def test_pue_rises_with_outdoor_temperature() -> None:
+    def pue(outdoor: float) -> float:
+        it = 6.0
+        return (it + physics.cooling_power_kw(it, outdoor) + physics.facility_overhead_kw(it)) / it
+
+    assert 1.2 < pue(5.0) < pue(25.0) < 2.0
+
+
+def test_program_levels_across_the_spring_dst_night() -> None:
+    scenario = small_scenario("dst/v1")
+    town = build_town(scenario, 1)
+    model = SiteModel(town.sites[0], scenario, 0.0, np.random.default_rng(0))
+    program = Program(steps=[("22:00", 70.0), ("23:30", 40.0), ("05:30", 70.0)])
+
+    def level(y: int, mo: int, d: int, h: int, mi: int) -> float:
+        return model.program_level(program, datetime(y, mo, d, h, mi, tzinfo=PARIS).timestamp())
+
+    assert level(2026, 3, 28, 14, 0) == 0.0  # daytime
+    assert level(2026, 3, 28, 21, 0) == 1.0  # after sunset, before the first step
+    assert level(2026, 3, 28, 23, 45) == 0.4
+    assert level(2026, 3, 29, 3, 30) == 0.4  # 02:00 did not exist that night
+    assert level(2026, 3, 29, 5, 45) == 0.7
+
+
+# --- scenarios and towns ------------------------------------------------------------------------
+def test_scenario_errors_name_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[[sites]]\nsite = "x"\n[sites.lighting]\nstreetz = 3\n')
+    with pytest.raises(
+        ConfigError, match=r"bad\.toml: sites\.0\.lighting\.streetz = 3: expected no such key"
+    ):
+        load_scenario(path)
+    path.write_text('days = -1\n[[sites]]\nsite = "x"\n')
+    with pytest.raises(ConfigError, match=r"days = -1: expected greater than 0"):
+        load_scenario(path)
+
+
+def test_the_packaged_demo_scenario_loads() -> None:
+    scenario = load_scenario(packaged_scenario("demo"))
+    assert len(scenario.sites) == 2
+    assert scenario.sites[0].water.leaks
+
+
+def test_same_seed_same_town_other_seed_other_town(tmp_path: Path) -> None:
+    scenario = small_scenario("det/v1")
+    a = write_inventory(build_town(scenario, 5), tmp_path / "a")
+    b = write_inventory(build_town(scenario, 5), tmp_path / "b")
+    c = write_inventory(build_town(scenario, 6), tmp_path / "c")
+    assert a[1].read_bytes() == b[1].read_bytes()
+    assert a[1].read_bytes() != c[1].read_bytes()
+
+
+def test_same_seed_same_messages() -> None:
+    scenario = small_scenario("det/v1")
+    logs = []
+    for _ in range(2):
+        fleet = Fleet(build_town(scenario, 3), "mqtt://127.0.0.1:1", days=0.2, start=1.767e9)
+        fleet.log = []
+        truth = fleet.run()
+        logs.append((fleet.log, truth.readings, truth.expected_rejections))
+    assert logs[0] == logs[1]
+    assert logs[0][1] > 0
+
+
+# --- through the real chain ---------------------------------------------------------------------
+@pytest.mark.services
+def test_generated_inventory_imports(conn: psycopg.Connection, tmp_path: Path) -> None:
+    town = build_town(small_scenario("inv1/v1"), 2)
+    dmas, devices = write_inventory(town, tmp_path)
+    assert import_inventory(conn, dmas).inserted == 2
+    assert import_inventory(conn, devices).inserted == len(town.devices)
+    assert import_inventory(conn, tmp_path / "devices.geojson").unchanged == len(town.devices)
+
+
+def _run_town(
+    scenario: Scenario,
+    seed: int,
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    run_ingest: object,
+    **fleet_args: float,
+) -> tuple[Fleet, IngestService]:
+    town = build_town(scenario, seed)
+    dmas, devices = write_inventory(town, tmp_path / "inventory")
+    import_inventory(conn, dmas)
+    import_inventory(conn, devices)
+    assert callable(run_ingest)
+    service = run_ingest(make_config(db_url, mqtt_url, tmp_path, scenario.root))
+    fleet = Fleet(town, mqtt_url, client_prefix=f"t{time.monotonic_ns()}", **fleet_args)
+    return fleet, service
+
+
+@pytest.mark.services
+def test_stored_readings_match_what_the_town_sent(
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    root: str,
+    run_ingest: object,
+) -> None:
+    scenario = small_scenario(root)
+    fleet, service = _run_town(scenario, 11, conn, db_url, mqtt_url, tmp_path, run_ingest)
+    fleet.connect()
+    truth = fleet.run()
+    fleet.wait_published()
+    fleet.close()
+    site = scenario.sites[0].site
+
+    def stored() -> int:
+        row = conn.execute("SELECT count(*) FROM api.readings WHERE site = %s", (site,)).fetchone()
+        return int(row[0]) if row else 0
+
+    wait_until(lambda: stored() == truth.readings, 30, f"{truth.readings} readings stored")
+    rejected = dict(
+        conn.execute(
+            "SELECT reason, count(*) FROM rejected_messages WHERE site = %s GROUP BY reason",
+            (site,),
+        ).fetchall()
+    )
+    assert rejected == truth.expected_rejections
+    assert set(truth.expected_rejections) == {
+        "invalid_json",
+        "unknown_device",
+        "timestamp_out_of_window",
+    }
+    assert truth.faults["duplicate"] == 2
+    assert service.metrics.duplicates._value.get() > 0  # the duplicates came, stored once
+    assert truth.leaks[0]["final_flow_m3h"] == 1.0
+    assert truth.energy_wh[f"{site}/cab-00"] > 0
+    truth.write(tmp_path / "truth.json")
+    assert (tmp_path / "truth.json").stat().st_size > 0
+
+
+@pytest.mark.services
+def test_devices_apply_a_pushed_config(
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    root: str,
+    run_ingest: object,
+) -> None:
+    scenario = small_scenario(
+        root,
+        malformed=0,
+        duplicates=0,
+        out_of_order=0,
+        late=0,
+        dropouts=0,
+        clock_skew=0,
+        unknown_devices=0,
+    )
+    site = scenario.sites[0].site
+    # Start at local noon so that the lights come on during the run.
+    noon = datetime(2026, 1, 15, 12, 0, tzinfo=PARIS).timestamp()
+    latest = time.time() - 0.5 * 86400
+    start = latest - (latest - noon) % 86400
+    fleet, _ = _run_town(
+        scenario,
+        4,
+        conn,
+        db_url,
+        mqtt_url,
+        tmp_path,
+        run_ingest,
+        days=0.5,
+        start=start,
+        speed=7200.0,
+    )
+    town = fleet.town.sites[0]
+    target = next(d for d, p in zip(town.luminaires, town.lum_presence, strict=True) if not p)
+    fleet.connect()
+    runner = threading.Thread(target=fleet.run)
+    runner.start()
+    time.sleep(2.0)  # about 4 simulated hours with the default program
+    pusher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cfg-{time.monotonic_ns()}")
+    pusher.connect("127.0.0.1", 1883)
+    pusher.loop_start()
+    config = {
+        "version": 7,
+        "reporting": {"interval_s": 120, "batch": 1},
+        "lighting": {"steps": [["12:00", 25.0]], "on_offset_min": -600},
+    }
+    pushed_at = fleet._t
+    pusher.publish(
+        f"{root}/{site}/{target}/config", orjson.dumps(config), qos=1, retain=True
+    ).wait_for_publish(5)
+    runner.join(timeout=60)
+    fleet.wait_published()
+    fleet.close()
+    states: list[bytes] = []
+    pusher.on_message = lambda _c, _u, m: states.append(m.payload)
+    pusher.subscribe(f"{root}/{site}/{target}/state", qos=1)
+    wait_until(lambda: states, 10, "retained state")
+    assert orjson.loads(states[-1]) == {"online": True, "config_version": 7}
+    pusher.publish(f"{root}/{site}/{target}/config", b"", qos=1, retain=True).wait_for_publish(5)
+    pusher.disconnect()
+    pusher.loop_stop()
+
+    def series(metric: str) -> list[tuple[float, float]]:
+        return [
+            (t.timestamp(), v)
+            for t, v in conn.execute(
+                "SELECT time, value FROM api.readings WHERE site = %s AND device = %s AND "
+                "metric = %s ORDER BY time",
+                (site, target, metric),
+            )
+        ]
+
+    wait_until(lambda: len(series("dim")) > 10, 30, "the device's readings")
+    dims = series("dim")
+    before = [t for t, _ in dims if t < pushed_at]
+    after = [(t, v) for t, v in dims if t > pushed_at + 600]
+    assert np.diff(before).min() >= 600  # the scenario's 10-minute interval
+    assert np.diff([t for t, _ in after]).max() == 120  # the pushed 2-minute interval
+    assert {v for _, v in after} == {25.0}  # the pushed program, lit all day at 25 %
