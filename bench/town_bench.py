@@ -104,7 +104,7 @@ def main() -> int:
     print(
         f"ratio chain / baseline: {chain_s / base_s:.2f}x; "
         f"{readings / chain_s:,.0f} readings/s; {86400 * scenario.days / chain_s:,.0f}x "
-        f"faster than real time; ingest RSS {rss:.0f} MB"
+        f"faster than real time; ingest peak RSS {rss:.0f} MB"
     )
     ok = chain_s <= 300 and int(stored) == readings
     print(

@@ -933,6 +933,8 @@ class Fleet:
             if town.spec.server_room.enabled:
                 truth.energy_wh[f"{site}/facility-1"] = model.facility_energy_true
                 truth.energy_wh[f"{site}/it-1"] = model.it_energy_true
+            for dev, m3 in zip(town.customers, model.cust_volume_true.tolist(), strict=True):
+                truth.volume_m3[f"{site}/{dev}"] = m3
             for d, dma in enumerate(town.dmas):
                 truth.water[f"{site}/{dma}"] = {k: float(v[d]) for k, v in model.dma_totals.items()}
             for k, leak in enumerate(model.leaks):

@@ -6,7 +6,7 @@ reordered message counts once; readings stamped by a skewed clock are not counte
 rejections the ingest must record by reason (one per message and reason), the faults injected;
 events (lamp failures, day burners, power drift, customer leaks, dropouts, clock skews); leaks
 (start, end, flow over time, hourly); the true energy of every luminaire and meter [Wh] and the
-water balance of every DMA [m³] over the run.
+water balance of every DMA and the true consumption of every customer meter [m³] over the run.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Truth:
     events: list[dict[str, Any]] = field(default_factory=list)
     leaks: list[dict[str, Any]] = field(default_factory=list)
     energy_wh: dict[str, float] = field(default_factory=dict)
+    volume_m3: dict[str, float] = field(default_factory=dict)
     water: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def expect_rejection(self, reason: str) -> None:

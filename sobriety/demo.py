@@ -63,6 +63,7 @@ def run_demo(
     serve: bool,
     stop: threading.Event,
     out: TextIO,
+    prefer_binaries: bool = True,
 ) -> DemoReport:
     """Run the demo; print the summary to ``out``; keep serving until ``stop`` if ``serve``."""
     from ingest.service import IngestService
@@ -77,6 +78,8 @@ def run_demo(
         mqtt_url=configured_mqtt,
         workdir=scratch / "services",
         embedded=embedded,
+        prefer_mosquitto=prefer_binaries,
+        prefer_local_postgres=prefer_binaries,
     )
     try:
         out.write(

@@ -308,3 +308,78 @@ def test_devices_apply_a_pushed_config(
     assert np.diff(before).min() >= 600  # the scenario's 10-minute interval
     assert np.diff([t for t, _ in after]).max() == 120  # the pushed 2-minute interval
     assert {v for _, v in after} == {25.0}  # the pushed program, lit all day at 25 %
+
+
+@pytest.mark.services
+def test_simulate_command_writes_inventory_and_truth(
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    root: str,
+    run_ingest: object,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from simulators.truth import Truth
+    from sobriety.cli import main
+
+    site = root.split("/")[0][-10:] + "c"
+    scenario = tmp_path / "town.toml"
+    scenario.write_text(
+        f'name = "cli"\nroot = "{root}"\ndays = 0.1\n[[sites]]\nsite = "{site}"\n'
+        "[sites.lighting]\nstreets = 1\n[sites.water]\ncustomers_per_dma = 5\n"
+    )
+    assert callable(run_ingest)
+    monkeypatch.setenv("SOBRIETY_DB_URL", db_url)
+    monkeypatch.setenv("SOBRIETY_MQTT_URL", mqtt_url)
+    out = tmp_path / "run"
+    # The ingest needs the inventory: import it first, then start the ingest, then simulate.
+    assert (
+        main(
+            [
+                "simulate",
+                "--scenario",
+                str(scenario),
+                "--days",
+                "0.001",
+                "--speed",
+                "0",
+                "--out",
+                str(out),
+                "--import-inventory",
+            ]
+        )
+        == 0
+    )
+    run_ingest(make_config(db_url, mqtt_url, tmp_path, root))
+    assert (
+        main(
+            [
+                "simulate",
+                "--scenario",
+                str(scenario),
+                "--seed",
+                "3",
+                "--speed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "valid readings" in printed
+    truth = Truth.read(out / "truth.json")
+    assert truth.readings > 0
+    assert (out / "inventory" / "devices.csv").exists()
+
+    def stored() -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM api.readings WHERE site = %s AND time >= to_timestamp(%s)",
+            (site, truth.start),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    wait_until(lambda: stored() == truth.readings, 30, f"{truth.readings} readings stored")
