@@ -269,6 +269,8 @@ def _print_summary(report: DemoReport, config: Config, out: TextIO, scratch: Pat
     for dma, m3 in report.water_inflow_m3.items():
         w(f"water into {dma}: {m3:,.1f} m3\n")
     w(f"done in {report.seconds:.0f} s\n\nwhere to look:\n")
+    if report.db_origin not in {"configured", "local"}:
+        w("  (the embedded broker and database stop when the demo exits: use --serve)\n")
     w(
         f"  database {_shown(report.db_url)}: views api.readings, api.devices, "
         "api.rejected_messages\n"
