@@ -777,27 +777,16 @@ class Fleet:
             elif kind == "dropout":
                 plan.dropout_until[key] = t + self.scenario.faults.dropout_s
                 self.truth.count_fault(kind)
-                self.truth.events.append(
-                    {
-                        "kind": "dropout",
-                        "device": group.ids[i],
-                        "site": group.site,
-                        "start": t,
-                        "end": t + self.scenario.faults.dropout_s,
-                    }
-                )
+                self._event(kind, group, i, t, end=t + self.scenario.faults.dropout_s)
             elif kind == "clock_skew":
                 plan.skew_until[key] = t + self.scenario.faults.clock_skew_duration_s
                 self.truth.count_fault(kind)
-                self.truth.events.append(
-                    {
-                        "kind": "clock_skew",
-                        "device": group.ids[i],
-                        "site": group.site,
-                        "start": t,
-                        "skew_s": self.scenario.faults.clock_skew_s,
-                    }
-                )
+                self._event(kind, group, i, t, skew_s=self.scenario.faults.clock_skew_s)
+
+    def _event(self, kind: str, group: Group, i: int, t: float, **extra: float) -> None:
+        self.truth.events.append(
+            {"kind": kind, "device": group.ids[i], "site": group.site, "start": t, **extra}
+        )
 
     def _sample(self, t: float) -> None:
         plan = self.faults

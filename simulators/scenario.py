@@ -8,13 +8,13 @@ of water, durations in seconds unless the key says hours/days.
 
 from __future__ import annotations
 
-import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sobriety.config import read_toml
 from sobriety.contract import valid_segment
 from sobriety.errors import ConfigError
 
@@ -210,13 +210,7 @@ def _describe(path: Path, exc: ValidationError, raw: dict[str, Any]) -> str:
 
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario file; :class:`ConfigError` names file, key and expectation."""
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: scenario file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path, "scenario file")
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
