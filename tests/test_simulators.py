@@ -383,3 +383,100 @@ def test_simulate_command_writes_inventory_and_truth(
         return int(row[0]) if row else 0
 
     wait_until(lambda: stored() == truth.readings, 30, f"{truth.readings} readings stored")
+
+
+def _records(log: list[tuple[str, bytes]], device: str) -> list[list[dict[str, object]]]:
+    return [orjson.loads(p) for t, p in log if t.endswith(f"/{device}/up")]
+
+
+def test_batching_deadband_and_dim_override_are_obeyed() -> None:
+    scenario = small_scenario(
+        "cfg/v1",
+        malformed=0,
+        duplicates=0,
+        out_of_order=0,
+        late=0,
+        dropouts=0,
+        clock_skew=0,
+        unknown_devices=0,
+    )
+    noon = datetime(2026, 1, 15, 12, 0, tzinfo=PARIS).timestamp()
+    fleet = Fleet(build_town(scenario, 8), "mqtt://127.0.0.1:1", days=0.5, start=noon)
+    fleet.log = []
+    site = scenario.sites[0].site
+    town = fleet.town.sites[0]
+    lamp = next(d for d, p in zip(town.luminaires, town.lum_presence, strict=True) if not p)
+    batched, quiet = town.customers[0], town.customers[1]
+    # Configs and commands as a broker would deliver them (retained config, then a command).
+    fleet.inbox.put(
+        (
+            site,
+            batched,
+            "config",
+            orjson.dumps({"version": 2, "reporting": {"interval_s": 600, "batch": 3}}),
+        )
+    )
+    fleet.inbox.put(
+        (
+            site,
+            quiet,
+            "config",
+            orjson.dumps(
+                {
+                    "version": 3,
+                    "reporting": {
+                        "interval_s": 600,
+                        "batch": 1,
+                        "deadband": {"volume": 1e9},
+                        "max_silence_s": 3600,
+                    },
+                }
+            ),
+        )
+    )
+    fleet.inbox.put((site, lamp, "cmd", orjson.dumps({"dim": 100, "duration_s": 3600})))
+    fleet.run()
+
+    def times(device: str) -> list[list[float]]:
+        return [
+            [float(p[0]["bt"]) + float(r.get("t", 0)) for r in p]
+            for p in _records(fleet.log, device)
+        ]
+
+    packs = times(batched)
+    assert len(packs) > 10
+    assert all(len(p) == 3 for p in packs[:-1])  # three samples per message
+    assert set(np.diff([t for p in packs for t in p])) == {600.0}
+    silent = [t for p in times(quiet) for t in p]  # unchanged volume: only every max_silence
+    assert len(silent) > 5
+    assert set(np.diff(silent)) == {3600.0}
+    dims = [r["v"] for p in _records(fleet.log, lamp) for r in p if r.get("n") == "dim"]
+    first_hour = dims[:6]  # 10-minute samples during the 1-hour override, at noon
+    assert first_hour == [100.0] * len(first_hour)
+    assert 0.0 in dims[6:]  # daytime again once the override expired
+
+
+def test_simulated_energy_is_consistent() -> None:
+    scenario = small_scenario("nrg/v1")
+    fleet = Fleet(build_town(scenario, 9), "mqtt://127.0.0.1:1", days=0.25, start=1.767e9)
+    fleet.log = []
+    truth = fleet.run()
+    site = scenario.sites[0].site
+    town = fleet.town.sites[0]
+    hours = 0.25 * 24
+    for c, cab in enumerate(town.cabinets):
+        lamps = sum(
+            truth.energy_wh[f"{site}/{d}"]
+            for d, k in zip(town.luminaires, town.lum_cabinet, strict=True)
+            if k == c
+        )
+        assert truth.energy_wh[f"{site}/{cab}"] == pytest.approx(lamps * 1.03 + 5.0 * hours)
+    balance = truth.water[f"{site}/dma-0"]
+    assert balance["inflow_m3"] == pytest.approx(
+        balance["consumption_m3"]
+        + balance["background_m3"]
+        + balance["leak_m3"]
+        + balance["outflow_m3"]
+    )
+    consumption = sum(v for k, v in truth.volume_m3.items() if "/wm-0-" in k)
+    assert consumption == pytest.approx(balance["consumption_m3"])
