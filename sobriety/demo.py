@@ -20,7 +20,7 @@ from typing import TextIO
 import psycopg
 
 from sobriety.config import Config
-from sobriety.db import connect, ensure_database, upgrade
+from sobriety.db import connect, ensure_database, redact, upgrade
 from sobriety.errors import RejectReason
 from sobriety.inventory import import_inventory
 
@@ -85,7 +85,7 @@ def run_demo(
         out.write(
             f"broker:   {services.mqtt_url} ({services.mqtt_origin}, "
             f"MQTT {services.mqtt_protocol})\n"
-            f"database: {_shown(services.db_url)} ({services.db_origin})\n"
+            f"database: {redact(services.db_url)} ({services.db_origin})\n"
         )
         ensure_database(services.db_url)
         with connect(services.db_url) as conn:
@@ -174,12 +174,6 @@ def run_demo(
         services.close()
         if workdir is None and not serve:
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _shown(url: str) -> str:
-    from sobriety.db import redact
-
-    return redact(url)
 
 
 def _wait_connected(service: object, timeout_s: float = 30.0) -> None:
@@ -272,7 +266,7 @@ def _print_summary(report: DemoReport, config: Config, out: TextIO, scratch: Pat
     if report.db_origin not in {"configured", "local"}:
         w("  (the embedded broker and database stop when the demo exits: use --serve)\n")
     w(
-        f"  database {_shown(report.db_url)}: views api.readings, api.devices, "
+        f"  database {redact(report.db_url)}: views api.readings, api.devices, "
         "api.rejected_messages\n"
     )
     w("  SOBRIETY_DB_URL=... sobriety export readings --since 2d --until 2100-01-01T00:00:00Z\n")

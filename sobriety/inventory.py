@@ -47,17 +47,25 @@ def _text(value: str) -> str:
 
 
 def _number(low: float, high: float) -> _Parser:
+    expected = f"a number from {low:g} to {high:g}"
+
     def parse(value: str) -> float:
-        number = float(value)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(expected) from None
         if not math.isfinite(number) or not low <= number <= high:
-            raise ValueError(f"a number from {low:g} to {high:g}")
+            raise ValueError(expected)
         return number
 
     return parse
 
 
 def _count(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("a whole number >= 0") from None
     if number < 0:
         raise ValueError("a whole number >= 0")
     return number
@@ -164,11 +172,8 @@ def _parse_row(
                 continue
             try:
                 out[target] = parser(value)
-            except ValueError as exc:
-                expected = str(exc) if "a " in str(exc) else "a number"
-                raise InventoryError(
-                    f"{where}, column {name}: {value!r} is not {expected}"
-                ) from None
+            except ValueError as exc:  # the parsers say what they expected
+                raise InventoryError(f"{where}, column {name}: {value!r} is not {exc}") from None
         elif value != "":
             extra[name] = value
     for _name, target in columns.values():
