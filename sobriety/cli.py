@@ -118,6 +118,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workdir", type=Path, help="keep inventory, truth and services here")
 
+    anomaly = sub.add_parser("anomaly", help="leak detection: periodic, or one scan, or evaluation")
+    anomaly.add_argument("--metrics-port", type=int, help="Prometheus port (0: off)")
+    an_sub = anomaly.add_subparsers(dest="anomaly_command", metavar="ACTION")
+    scan = an_sub.add_parser("scan", help="one-shot detection over stored data")
+    scan.add_argument("--since", type=parse_time, required=True)
+    scan.add_argument("--until", type=parse_time, help="default: now")
+    scan.add_argument("--site")
+    scan.add_argument("--format", choices=["json", "text"], default="text")
+    bal = an_sub.add_parser("balance", help="water balance, yield and ILI of each DMA")
+    bal.add_argument("--since", type=parse_time, required=True)
+    bal.add_argument("--until", type=parse_time, help="default: now")
+    bal.add_argument("--site")
+    bal.add_argument("--format", choices=["json", "text"], default="text")
+    ev = an_sub.add_parser("evaluate", help="score the detection on simulated leaks")
+    ev.add_argument("--scenario", type=Path, help="history scenario TOML (default: evaluation)")
+    ev.add_argument("--seed", type=int, action="append", help="one or more seeds (default 1)")
+    ev.add_argument("--days", type=float, help="simulated days (default: the scenario's)")
+    ev.add_argument("--database", default="sobriety_evaluate", help="scratch database name")
+    ev.add_argument("--format", choices=["json", "text"], default="text")
+    ev.add_argument("--out", type=Path, help="write the JSON report here too")
+    ev.add_argument("--keep", action="store_true", help="keep the scratch database (one seed)")
+
+    alerts = sub.add_parser("alerts", help="list, acknowledge and resolve alerts")
+    al_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    al_list = al_sub.add_parser("list", help="alerts, newest first")
+    al_list.add_argument("--site")
+    al_list.add_argument("--state", choices=["open", "acknowledged", "resolved", "active"])
+    al_list.add_argument("--kind")
+    al_list.add_argument("--since", type=parse_time)
+    al_list.add_argument("--format", choices=["json", "text"], default="text")
+    for action, text in (("ack", "acknowledge an alert"), ("resolve", "resolve an alert")):
+        cmd = al_sub.add_parser(action, help=text)
+        cmd.add_argument("id", type=int)
+        cmd.add_argument("--by", required=True, help="who (a name or a team)")
+        if action == "resolve":
+            cmd.add_argument("--note", help="what was done")
+
     rej = sub.add_parser("rejected", help="list (or replay) rejected messages")
     rej.add_argument("--since", type=parse_time)
     rej.add_argument("--reason")
@@ -291,16 +328,114 @@ def _cmd_rejected(args: argparse.Namespace, config: Config) -> int:
         items = iter_rejected(conn, args.since, args.reason, args.site, args.pending)
         out = sys.stdout
         if args.format == "json":
-            out.write("[")
-            for n, item in enumerate(items):
-                out.write(("," if n else "") + "\n  " + orjson.dumps(item).decode())
-            out.write("\n]\n")
+            _write_json(items)
         else:
             for item in items:
                 out.write(
                     f"{item['received_at']}  {item['reason']:<24} {item['topic']}  "
                     f"{item['detail']}\n"
                 )
+    return 0
+
+
+def _write_json(items: Any) -> None:
+    out = sys.stdout
+    out.write("[")
+    for n, item in enumerate(items):
+        out.write(("," if n else "") + "\n  " + orjson.dumps(item).decode())
+    out.write("\n]\n")
+
+
+def _cmd_anomaly(args: argparse.Namespace, config: Config) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from anomaly.service import AnomalyService, Scanner
+    from sobriety.db import connect
+
+    action = args.anomaly_command
+    if action == "evaluate":
+        from anomaly.evaluate import run_evaluation
+
+        return run_evaluation(args, config)
+    if action == "balance":
+        from anomaly.report import balances
+
+        until = args.until or datetime.now(UTC)
+        with connect(config.db_conninfo()) as conn:
+            rows = balances(conn, args.since, until, args.site)
+        if args.format == "json":
+            _write_json(rows)
+        else:
+            for r in rows:
+                print(
+                    f"{r['site']}/{r['dma']}: in {r['inflow_m3']:.1f} m3, out "
+                    f"{r['outflow_m3']:.1f}, metered {r['consumption_m3']:.1f}, losses "
+                    f"{r['losses_m3']:.1f} m3; yield {r['yield_percent']}% (decree threshold "
+                    f"{r['threshold_percent']}%: {r['compliant']}); ILI {r['ili']}"
+                )
+        return 0
+    if action == "scan":
+        until = args.until or datetime.now(UTC)
+        if until <= args.since:
+            raise ConfigError("--until must be after --since")
+        with connect(config.db_conninfo()) as conn:
+            report = Scanner(config.anomaly).scan(
+                conn, args.since.timestamp(), until.timestamp(), args.site
+            )
+        summary = {
+            "dmas": report.dmas,
+            "nights": report.nights,
+            "night_gaps": report.gaps,
+            "opened": report.opened,
+            "updated": report.updated,
+            "closed": report.closed,
+            "meters_going_backwards": report.meters_backwards,
+        }
+        if args.format == "json":
+            print(orjson.dumps(summary).decode())
+        else:
+            print(
+                f"scanned {report.dmas} DMAs, {report.nights} nights ({report.gaps} gaps); "
+                f"alerts opened {report.opened}, closed {report.closed}"
+            )
+            if report.meters_backwards:
+                print(f"meters whose index went backwards: {', '.join(report.meters_backwards)}")
+        return 0
+    registry = CollectorRegistry()
+    service = AnomalyService(config.db_conninfo(), config.anomaly, registry)
+    port = args.metrics_port if args.metrics_port is not None else config.metrics.port
+    if port:
+        start_http_server(port, config.metrics.host, registry=registry)
+    _install_signals(service.stop)
+    service.run()
+    return 0
+
+
+def _cmd_alerts(args: argparse.Namespace, config: Config) -> int:
+    from anomaly.alerts import acknowledge, list_alerts, resolve
+    from sobriety.db import connect
+
+    with connect(config.db_conninfo()) as conn:
+        if args.alerts_command == "ack":
+            acknowledge(conn, args.id, args.by)
+            print(f"alert {args.id} acknowledged by {args.by}")
+            return 0
+        if args.alerts_command == "resolve":
+            resolve(conn, args.id, args.by, args.note)
+            print(f"alert {args.id} resolved by {args.by}")
+            return 0
+        items = list_alerts(conn, args.site, args.state, args.kind, args.since)
+        if args.format == "json":
+            _write_json(items)
+            return 0
+        for a in items:
+            flow = a["estimated_flow_m3h"]
+            print(
+                f"{a['id']:>6} {a['state']:<12} {a['kind']:<16} {a['site']}/{a['subject']}  "
+                f"opened {a['opened_at']:%Y-%m-%d %H:%M %Z}"
+                + (f"  ~{flow:.3f} m3/h" if flow is not None else "")
+                + (f"  closed {a['closed_at']:%Y-%m-%d %H:%M}" if a["closed_at"] else "")
+            )
     return 0
 
 
@@ -385,6 +520,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "rejected": _cmd_rejected,
     "simulate": _cmd_simulate,
     "demo": _cmd_demo,
+    "anomaly": _cmd_anomaly,
+    "alerts": _cmd_alerts,
 }
 
 

@@ -11,11 +11,19 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sobriety.contract import DEFAULT_ROOT
 from sobriety.errors import ConfigError
@@ -88,6 +96,38 @@ class StorageConfig(_Section):
     retention: str | None = None
 
 
+class AnomalyConfig(_Section):
+    """Leak detection (``sobriety anomaly``); see anomaly/README.md for the meaning of each."""
+
+    interval_s: float = Field(900.0, ge=10)
+    rescan_days: float = Field(2.0, gt=0)
+    lookback_days: float = Field(35.0, ge=7)
+    night_start_h: int = Field(2, ge=0, le=23)
+    night_end_h: int = Field(4, ge=1, le=24)
+    min_meter_coverage: float = Field(0.9, ge=0, le=1)
+    min_leak_fraction: float = Field(0.05, gt=0, lt=1)
+    min_leak_m3h: float = Field(0.01, ge=0)
+    false_alarm_nights: float = Field(1000.0, gt=10)
+    baseline_nights: int = Field(28, ge=7)
+    min_baseline_nights: int = Field(7, ge=3)
+    close_nights: int = Field(2, ge=1)
+    min_burst_fraction: float = Field(0.2, gt=0)
+    min_burst_m3h: float = Field(0.05, ge=0)
+    false_alarm_days: float = Field(2000.0, gt=1)
+    continuous_min_m3h: float = Field(0.001, gt=0)
+    continuous_min_days: int = Field(2, ge=1)
+    high_consumption_ratio: float = Field(2.0, gt=1)
+    high_consumption_window_days: int = Field(7, ge=1)
+    high_consumption_history_days: int = Field(56, ge=7)
+    holidays: list[tuple[date, date]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _window(self) -> AnomalyConfig:
+        if self.night_end_h <= self.night_start_h:
+            raise ValueError("night_end_h after night_start_h (a window within one local date)")
+        return self
+
+
 class MetricsConfig(_Section):
     """Prometheus endpoint; port 0 disables it."""
 
@@ -102,6 +142,7 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     ingest: IngestConfig = IngestConfig()
     storage: StorageConfig = StorageConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     def db_conninfo(self) -> str:

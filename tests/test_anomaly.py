@@ -1,0 +1,266 @@
+"""Leak detection through the real database: a simulated history written into PostgreSQL, the
+SQL aggregates, the alerts table and its lifecycle, the command line and the metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from anomaly.service import AnomalyService, Scanner
+from simulators.history import FixedLeak, HistoryScenario, HistoryTruth, write_history
+from sobriety.cli import main
+from sobriety.clock import FixedClock
+from sobriety.config import AnomalyConfig
+
+pytestmark = pytest.mark.services
+
+SCENARIO = HistoryScenario(
+    name="test",
+    site="anomaly-test",
+    start=datetime(2026, 2, 2).date(),
+    days=50,
+    dmas=3,
+    customers=(40, 60),
+    outlet_share=0.0,
+    school_holidays=[],
+    large_consumers=1,
+    customer_leaks=2,
+    high_consumers=0,
+    silent_meter_days=2.0,
+    frozen_meter_days=0.0,
+    leaks={"per_dma": 0.0},
+    fixed_leaks=[
+        FixedLeak(dma=0, kind="burst", start_day=30.4, size_fraction=0.5),
+        FixedLeak(dma=1, kind="burst", start_day=25.6, days=8.0, size_fraction=0.3),
+    ],
+)
+
+
+@pytest.fixture(scope="module")
+def history(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+    tuple[str, HistoryTruth]
+]:  # fmt: skip
+    """A migrated database holding the test history, for this module."""
+    from sobriety.db import upgrade
+
+    name = "sobriety_test_anomaly"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = server_url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(url) as conn:
+        upgrade(conn)
+        conn.commit()
+        truth = write_history(conn, SCENARIO, 7, tmp_path_factory.mktemp("inventory"))
+    yield url, truth
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _alerts(url: str, capsys: pytest.CaptureFixture[str], *extra: str) -> list[dict[str, object]]:
+    assert main(["--db-url", url, "alerts", "list", "--format", "json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def test_scan_finds_the_leaks_and_reports_gaps(
+    history: tuple[str, HistoryTruth], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, truth = history
+    code = main(["--db-url", url, "anomaly", "scan", "--since", _iso(truth.start),
+                 "--until", _iso(truth.end), "--format", "json"])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["dmas"] == 3
+    alerts = _alerts(url, capsys)
+    leaks = [a for a in alerts if a["kind"] == "leak"]
+    # Exactly the two leaks, each on its DMA, after it started and within two days.
+    assert sorted(a["subject"] for a in leaks) == ["dma-01", "dma-02"]
+    for leak in truth.leaks:
+        alert = next(a for a in leaks if a["subject"] == leak["dma"])
+        opened = datetime.fromisoformat(str(alert["opened_at"])).timestamp()
+        assert leak["start"] <= opened <= leak["start"] + 2 * 86400
+        flow = float(alert["estimated_flow_m3h"])  # type: ignore[arg-type]
+        assert abs(flow - leak["flow_m3h"]) <= 0.3 * leak["flow_m3h"]
+        assert alert["subject_type"] == "dma"
+        details = alert["details"]
+        assert isinstance(details, dict)
+        assert details["start_after"] <= _iso(leak["start"]) <= details["start_before"]
+    repaired = next(a for a in leaks if a["subject"] == "dma-02")
+    assert repaired["state"] == "resolved"  # back to baseline after the repair
+    assert repaired["closed_at"] is not None
+    still = next(a for a in leaks if a["subject"] == "dma-01")
+    assert still["state"] == "open"
+    assert still["closed_at"] is None
+    # The silent inlet meter is a data gap on its DMA, never a leak.
+    fault = truth.meter_faults[0]
+    gaps = [a for a in alerts if a["kind"] == "data_gap"]
+    assert [a["subject"] for a in gaps] == [fault["dma"]]
+    # Customers with a leak behind the meter: continuous flow, with their flow.
+    continuous = {a["subject"]: a for a in alerts if a["kind"] == "continuous_flow"}
+    for cust in truth.customer_leaks:
+        assert cust["device"] in continuous
+        flow = float(continuous[cust["device"]]["estimated_flow_m3h"])  # type: ignore[arg-type]
+        # At least the leak (less the 1 L index resolution per hourly interval).
+        assert cust["flow_m3h"] - 0.0011 <= flow <= cust["flow_m3h"] * 1.5 + 0.002
+    # The new large consumer runs 24/7: flagged as continuous flow (true of it) and as above
+    # twice its usual use, but its DMA shows no leak: it is metered.
+    large = truth.changes[0]
+    assert large["device"] in continuous
+    assert large["dma"] not in {a["subject"] for a in leaks} - {"dma-01", "dma-02"}
+
+
+def test_nights_are_stored_with_gaps_not_filled(history: tuple[str, HistoryTruth]) -> None:
+    url, truth = history
+    fault = truth.meter_faults[0]
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            """SELECT count(*), count(*) FILTER (WHERE gap IS NOT NULL),
+                      count(*) FILTER (WHERE gap IS NOT NULL AND net_m3h IS NOT NULL)
+               FROM api.dma_nights WHERE dma = %s""",
+            (fault["dma"],),
+        ).fetchone()
+        assert rows is not None
+        total, gaps, filled = rows
+        assert total >= 48
+        assert 1 <= gaps <= 3  # the two days of silence
+        assert filled == 0
+        # MNF = net + metered, per night, and the baseline is there once learnt.
+        bad = conn.execute(
+            """SELECT count(*) FROM api.dma_nights
+               WHERE gap IS NULL AND abs(mnf_m3h - metered_m3h - net_m3h) > 1e-9"""
+        ).fetchone()
+        assert bad == (0,)
+
+
+def test_rescan_is_idempotent(
+    history: tuple[str, HistoryTruth], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, truth = history
+    before = _alerts(url, capsys)
+    with psycopg.connect(url) as conn:
+        report = Scanner(AnomalyConfig()).scan(conn, truth.start, truth.end)
+        conn.commit()
+    assert sum(report.opened.values()) == 0
+    after = _alerts(url, capsys)
+    assert [(a["id"], a["state"], a["closed_at"]) for a in after] == [
+        (a["id"], a["state"], a["closed_at"]) for a in before
+    ]
+
+
+def test_one_active_alert_per_subject_and_kind(history: tuple[str, HistoryTruth]) -> None:
+    url, _truth = history
+    with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(
+            """INSERT INTO alerts (kind, site, subject_type, subject, opened_at, updated_at)
+               VALUES ('leak', %s, 'dma', 'dma-01', now(), now())""",
+            (SCENARIO.site,),
+        )
+
+
+def test_lifecycle_ack_resolve_and_errors(
+    history: tuple[str, HistoryTruth], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, truth = history
+    leak = next(a for a in _alerts(url, capsys, "--kind", "leak", "--state", "open"))
+    ident = str(leak["id"])
+    assert main(["--db-url", url, "alerts", "ack", ident, "--by", "eau-potable"]) == 0
+    capsys.readouterr()
+    acked = next(a for a in _alerts(url, capsys) if a["id"] == leak["id"])
+    assert acked["state"] == "acknowledged"
+    assert acked["acknowledged_by"] == "eau-potable"
+    # An acknowledged alert is still active: a rescan updates it, does not open another.
+    with psycopg.connect(url) as conn:
+        report = Scanner(AnomalyConfig()).scan(conn, truth.end - 5 * 86400, truth.end)
+        conn.commit()
+    assert report.opened.get("leak", 0) == 0
+    assert main(["--db-url", url, "alerts", "ack", ident, "--by", "x"]) == 1
+    assert "cannot become acknowledged" in capsys.readouterr().err
+    assert main(["--db-url", url, "alerts", "resolve", ident, "--by", "eau-potable",
+                 "--note", "repaired the main"]) == 0  # fmt: skip
+    capsys.readouterr()
+    done = next(a for a in _alerts(url, capsys) if a["id"] == leak["id"])
+    assert done["state"] == "resolved"
+    assert done["resolved_by"] == "eau-potable"
+    assert done["details"]["note"] == "repaired the main"  # type: ignore[index]
+    assert main(["--db-url", url, "alerts", "resolve", ident, "--by", "x"]) == 1
+    assert main(["--db-url", url, "alerts", "resolve", "999999", "--by", "x"]) == 1
+    assert "no such alert" in capsys.readouterr().err
+    # Resolved by hand while the leak still flows: the level is accepted, no new alert.
+    with psycopg.connect(url) as conn:
+        report = Scanner(AnomalyConfig()).scan(conn, truth.end - 3 * 86400, truth.end)
+        conn.commit()
+    assert report.opened.get("leak", 0) == 0
+
+
+def test_service_metrics_and_balance(
+    history: tuple[str, HistoryTruth], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, truth = history
+    registry = CollectorRegistry()
+    service = AnomalyService(url, AnomalyConfig(), registry, clock=FixedClock(truth.end))
+    service.run_once()
+    text = generate_latest(registry).decode()
+    with psycopg.connect(url) as conn:
+        active = dict(conn.execute(
+            "SELECT kind, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY kind"
+        ).fetchall())  # fmt: skip
+    assert active.get("continuous_flow", 0) >= 2
+    for kind, count in active.items():
+        assert f'sobriety_anomaly_alerts_active{{kind="{kind}"}} {float(count)}' in text
+    assert "sobriety_anomaly_scan_seconds_count 1.0" in text
+    assert main(["--db-url", url, "anomaly", "balance", "--since", _iso(truth.start),
+                 "--until", _iso(truth.end), "--format", "json"]) == 0  # fmt: skip
+    rows = {r["dma"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(truth.dmas)
+    for row in rows.values():
+        assert row["losses_m3"] == pytest.approx(
+            row["inflow_m3"] - row["outflow_m3"] - row["consumption_m3"], abs=0.01
+        )
+        assert 0 < row["yield_percent"] < 100
+        assert row["ili"] > 0
+        assert row["threshold_percent"] <= 85.0
+    # The leaking DMA loses more per km than it would without its leak.
+    assert rows["dma-01"]["ilp_m3_km_day"] > 0
+
+
+def test_evaluate_command_scores_a_scenario(
+    server_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "small.toml"
+    scenario.write_text(
+        'name = "small"\nsite = "ev"\nstart = 2026-02-02\ndays = 45\ndmas = 2\n'
+        "customers = [30, 40]\nschool_holidays = []\nsilent_meter_days = 0.0\n"
+        "frozen_meter_days = 0.0\ncustomer_leaks = 1\nhigh_consumers = 0\n"
+        "[leaks]\nper_dma = 0.0\n"
+        "[[fixed_leaks]]\ndma = 1\nstart_day = 30.5\nsize_fraction = 0.6\n"
+    )
+    out = tmp_path / "report.json"
+    code = main(["--db-url", server_url, "anomaly", "evaluate", "--scenario", str(scenario),
+                 "--database", "sobriety_test_evaluate", "--out", str(out)])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert "leak size / MNF" in capsys.readouterr().out
+    assert report["leaks"] == 1
+    big = next(row for row in report["by_size"] if row["size"] == ">=50%")
+    assert (big["leaks"], big["detected"]) == (1, 1)
+    assert report["targets"]["median_flow_error_pct"]["value"] < 30
+    assert code == (0 if all(t["met"] for t in report["targets"].values()) else 1)
+    with psycopg.connect(server_url) as conn:  # the scratch database is gone
+        assert conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = 'sobriety_test_evaluate'"
+        ).fetchone() == (0,)
+
+
+def test_bad_scan_arguments(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--db-url", db_url, "anomaly", "scan", "--since", "2026-02-02T00:00Z",
+                 "--until", "2026-02-01T00:00Z"]) == 2  # fmt: skip
+    assert "--until must be after --since" in capsys.readouterr().err
