@@ -248,27 +248,43 @@ def _day_type_baseline(
     values: FloatArray, weekend: BoolArray, pool: BoolArray, today_weekend: bool
 ) -> tuple[float, float]:
     """Baseline [m³/h] of a night of the given day type and noise scale [m³/h] of the pool: the
-    median of the same day type when it has 3 nights or more (else of all), and the MAD-based
-    scale of the residuals of every pooled night against its own day type's median."""
-    medians: dict[bool, float] = {}
+    median of the same day type when it has 3 nights or more (else of all), and the noise scale
+    of the residuals of every pooled night against its own day type's median."""
+    v = values[pool]
+    w = weekend[pool]
+    overall = _median_1d(v)
+    medians = {}
     for kind in (False, True):
-        sel = pool & (weekend == kind)
-        if sel.sum() >= 3:
-            medians[kind] = float(np.median(values[sel]))
-    overall = float(np.median(values[pool]))
-    centre = np.array([medians.get(bool(w), overall) for w in weekend[pool]])
-    residual = values[pool] - centre
-    return medians.get(today_weekend, overall), noise_scale(residual)
+        sel = v[w == kind]
+        medians[kind] = _median_1d(sel) if len(sel) >= 3 else overall
+    centre = np.where(w, medians[True], medians[False])
+    return medians[today_weekend], noise_scale(v - centre)
+
+
+def _median_1d(values: FloatArray) -> float:
+    """Median of a small 1-D array without NaN (a sort: ``np.median``'s checks cost more)."""
+    srt = np.sort(values)
+    n = len(srt)
+    return float(srt[(n - 1) // 2] + srt[n // 2]) / 2.0
 
 
 def noise_scale(residual: FloatArray) -> float:
-    """Noise scale [same unit as ``residual``]: the larger of the MAD-based standard deviation
-    and the 10-90 % inter-quantile range over 2.563 (both equal σ for Gaussian noise; the
-    second grows with the heavy tails of night use, which the MAD ignores)."""
-    centred = residual - np.median(residual)
-    mad = MAD_TO_SIGMA * float(np.median(np.abs(centred)))
-    q10, q90 = np.quantile(residual, (0.1, 0.9))
-    return max(mad, float(q90 - q10) / 2.563)
+    """Noise scale [same unit as ``residual``, finite values]: the larger of the MAD-based
+    standard deviation and the 10-90 % inter-quantile range over 2.563 (both equal σ for
+    Gaussian noise; the second grows with the heavy tails of night use, which the MAD
+    ignores). Quantiles interpolate linearly, as ``np.quantile`` does."""
+    srt = np.sort(residual)
+    n = len(srt)
+    med = float(srt[(n - 1) // 2] + srt[n // 2]) / 2.0
+    mad = MAD_TO_SIGMA * _median_1d(np.abs(srt - med))
+
+    def quantile(q: float) -> float:
+        pos = q * (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        return float(srt[lo] + (srt[hi] - srt[lo]) * (pos - lo))
+
+    return max(mad, (quantile(0.9) - quantile(0.1)) / 2.563)
 
 
 def _back(values: FloatArray, i: int, count: int) -> int:
@@ -350,6 +366,8 @@ def detect_bursts(
     frozen_expected = np.full(24, np.nan)
     close_below = math.nan
     evidence_day = -1
+    last_scale = (math.nan, math.nan)
+    delta = k = h = math.nan
     for i in range(n):
         d = int(day[i]) - first_day
         while reset_queue and reset_queue[0] <= hour_start[i]:
@@ -392,9 +410,11 @@ def detect_bursts(
                 grid[d, hod] = x
             last_clean_end = float(hour_start[i]) + 3600.0
             continue
-        delta = max(params.min_burst_fraction * floor, params.min_burst_m3h)
-        k = max(delta / 2.0, 0.5 * sigma) / sigma
-        h = cusum_threshold(k, params.false_alarm_hours)
+        if (floor, sigma) != last_scale:  # one noise scale per night: solve once
+            last_scale = (floor, sigma)
+            delta = max(params.min_burst_fraction * floor, params.min_burst_m3h)
+            k = max(delta / 2.0, 0.5 * sigma) / sigma
+            h = cusum_threshold(k, params.false_alarm_hours)
         z = (x - mu) / sigma
         s_new = max(0.0, s + z - k)
         # A burst keeps flowing, a spike of use does not: confirm_hours in a row above.
@@ -402,15 +422,17 @@ def detect_bursts(
         if s_new > 0 and s == 0:
             run_start = i
         s = s_new
+        if learnable[i]:  # learnt unless it ends up in an alarm (taken back below)
+            grid[d, hod] = x
         if s == 0:
-            if learnable[i]:
-                grid[d, hod] = x
             last_clean_end = float(hour_start[i]) + 3600.0
             run_start = -1
             continue
         if s > h and above >= params.confirm_hours:
             first = run_start if run_start >= 0 else i
             rows = [j for j in range(first, i + 1) if math.isfinite(net_flow[j])]
+            for j in rows:
+                grid[int(day[j]) - first_day, int(hour[j])] = np.nan
             excesses = [float(net_flow[j]) - expected[int(hour[j])] for j in rows]
             quiet_of = [params.quiet_hours[0] <= int(hour[j]) < params.quiet_hours[1] for j in rows]
             current = Episode(
@@ -455,9 +477,9 @@ def _hour_profile(
         same = rows
     if np.isfinite(same).sum(axis=0).min() < 3:
         return mu_all, sigma_all, math.nan
-    mu = np.nanmedian(same, axis=0)
+    mu = _column_median(same)
     # Scale from all days (more samples), relative to each day type's own median.
-    centre = np.where(day_weekend[:, None] == is_weekend[d], mu, np.nanmedian(rows, axis=0))
+    centre = np.where(day_weekend[:, None] == is_weekend[d], mu, _column_median(rows))
     resid = (rows - centre).ravel()
     level = float(np.min(mu))
     # One noise scale for the quiet hours, from all their residuals (6 hours x 14 days): an
@@ -466,3 +488,13 @@ def _hour_profile(
     mu_all[q0:q1] = mu
     sigma_all[q0:q1] = max(sigma, 0.01 * level, 1e-6)
     return mu_all, sigma_all, level
+
+
+def _column_median(values: FloatArray) -> FloatArray:
+    """Median of each column ignoring NaN (a sort when there is none: ``nanmedian`` of small
+    arrays is 50 times slower)."""
+    if np.isfinite(values).all():
+        srt = np.sort(values, axis=0)
+        n = len(srt)
+        return np.asarray((srt[(n - 1) // 2] + srt[n // 2]) / 2.0)
+    return np.asarray(np.nanmedian(values, axis=0))

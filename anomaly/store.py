@@ -75,7 +75,7 @@ class DmaHours:
     ``hour`` local hour, ``weekend``; ``inflow_m3h`` net inflow (inlets minus outlets, NaN when a
     flow meter is missing), ``frozen`` (a flow meter repeated one value all hour),
     ``metered_m3h`` customer consumption (0 without customer meters), ``meters`` customer meters
-    that reported, ``pressure_bar`` mean pressure (NaN without a sensor).
+    that reported.
     """
 
     hour_start: FloatArray
@@ -86,104 +86,109 @@ class DmaHours:
     frozen: npt.NDArray[np.bool_]
     metered_m3h: FloatArray
     meters: npt.NDArray[np.int64]
-    pressure_bar: FloatArray
 
 
-_HOURS = """
+_FLOW_HOURS = """
 WITH dev AS (
-    SELECT id, dma, kind,
-           CASE WHEN role = 'outlet' THEN -1.0 ELSE 1.0 END AS sign
+    SELECT id, dma, CASE WHEN role = 'outlet' THEN -1.0::float8 ELSE 1.0::float8 END AS sign
     FROM devices
-    WHERE site = %(site)s AND dma IS NOT NULL
-      AND ((kind = 'flow_meter' AND role IN ('inlet', 'outlet')) OR kind = 'pressure_sensor')
+    WHERE site = %(site)s AND dma IS NOT NULL AND kind = 'flow_meter'
+      AND role IN ('inlet', 'outlet')
 ), per_meter AS (
-    SELECT dev.dma, dev.kind, dev.sign, date_trunc('hour', r.time) AS hour,
-           avg(r.value) AS mean, count(*) AS n, stddev_pop(r.value) AS sd
-    FROM dev JOIN readings r ON r.device_id = dev.id
-    WHERE r.metric_id = CASE dev.kind WHEN 'flow_meter' THEN 1 ELSE 3 END
-      AND r.time >= %(since)s AND r.time < %(until)s
-    GROUP BY dev.dma, dev.id, dev.kind, dev.sign, 4
-), customers AS (
-    SELECT d.dma, date_trunc('hour', r.time - (r.time - r.prev_time) / 2) AS hour,
-           sum((r.value - r.prev) / (extract(epoch FROM r.time - r.prev_time) / 3600.0)) AS rate,
-           count(DISTINCT r.device_id) AS meters
-    FROM (
-        SELECT device_id, time, value,
-               lag(value) OVER w AS prev, lag(time) OVER w AS prev_time
-        FROM readings
-        WHERE metric_id = 2 AND time >= %(since)s - interval '2 hours' AND time < %(until)s
-          AND device_id IN (SELECT id FROM devices
-                            WHERE site = %(site)s AND kind = 'water_meter' AND dma IS NOT NULL)
-        WINDOW w AS (PARTITION BY device_id ORDER BY time)
-    ) r JOIN devices d ON d.id = r.device_id
-    WHERE r.prev IS NOT NULL AND r.value >= r.prev
-      AND r.time - r.prev_time <= interval '2 hours' AND r.time > r.prev_time
-    GROUP BY 1, 2
+    SELECT dev.dma, dev.sign, date_bin('1 hour', r.time, 'epoch') AS hour,
+           avg(r.value) AS mean, count(*) AS n, min(r.value) = max(r.value) AS flat
+    FROM dev JOIN readings r ON r.device_id = dev.id AND r.metric_id = 1
+    WHERE r.time >= %(since)s AND r.time < %(until)s
+    GROUP BY dev.dma, dev.id, dev.sign, 3
 ), flows AS (
-    SELECT dma, hour,
-           sum(sign * mean) FILTER (WHERE kind = 'flow_meter') AS inflow,
-           count(*) FILTER (WHERE kind = 'flow_meter') AS flow_meters,
-           coalesce(bool_or(kind = 'flow_meter' AND n >= 3 AND sd = 0), false) AS frozen,
-           avg(mean) FILTER (WHERE kind = 'pressure_sensor') AS pressure
+    SELECT dma, hour, sum(sign * mean) AS inflow, count(*) AS flow_meters,
+           bool_or(n >= 3 AND flat) AS frozen
     FROM per_meter GROUP BY 1, 2
 )
-SELECT coalesce(f.dma, c.dma) AS dma, coalesce(f.hour, c.hour) AS hour,
-       extract(epoch FROM coalesce(f.hour, c.hour))::float8,
-       ((coalesce(f.hour, c.hour) AT TIME ZONE %(tz)s)::date - date '1970-01-01')::int8,
-       extract(hour FROM coalesce(f.hour, c.hour) AT TIME ZONE %(tz)s)::int8,
-       extract(isodow FROM coalesce(f.hour, c.hour) AT TIME ZONE %(tz)s) >= 6,
-       f.inflow, coalesce(f.flow_meters, 0)::int8, coalesce(f.frozen, false),
-       coalesce(c.rate, 0.0), coalesce(c.meters, 0)::int8, f.pressure
-FROM flows f FULL JOIN customers c ON c.dma = f.dma AND c.hour = f.hour
-WHERE coalesce(f.hour, c.hour) >= %(since)s
-ORDER BY 1, 2
+SELECT dma, extract(epoch FROM hour)::float8,
+       ((hour AT TIME ZONE %(tz)s)::date - date '1970-01-01')::int8,
+       extract(hour FROM hour AT TIME ZONE %(tz)s)::int8,
+       extract(isodow FROM hour AT TIME ZONE %(tz)s) >= 6,
+       inflow, flow_meters::int8, frozen
+FROM flows ORDER BY 1, 2
+"""
+
+_CUSTOMER_HOURS = """
+SELECT d.dma, extract(epoch FROM date_trunc('hour', r.time - (r.time - r.prev_time) / 2))::float8,
+       sum((r.value - r.prev) / (extract(epoch FROM r.time - r.prev_time) / 3600.0)),
+       count(DISTINCT r.device_id)::int8
+FROM (
+    SELECT device_id, time, value, lag(value) OVER w AS prev, lag(time) OVER w AS prev_time
+    FROM readings
+    WHERE metric_id = 2 AND time >= %(since)s - interval '2 hours' AND time < %(until)s
+      AND device_id IN (SELECT id FROM devices
+                        WHERE site = %(site)s AND kind = 'water_meter' AND dma IS NOT NULL)
+    WINDOW w AS (PARTITION BY device_id ORDER BY time)
+) r JOIN devices d ON d.id = r.device_id
+WHERE r.prev IS NOT NULL AND r.value >= r.prev
+  AND r.time - r.prev_time <= interval '2 hours' AND r.time > r.prev_time
+GROUP BY 1, 2
 """
 
 
 def dma_hours(
-    conn: psycopg.Connection,
-    site: str,
-    tz: str,
-    since: datetime,
-    until: datetime,
+    conn: psycopg.Connection, site: str, tz: str, since: datetime, until: datetime,
     dma_list: list[DmaInfo],
-) -> dict[str, DmaHours]:
-    """Hourly series of every DMA of ``site`` between ``since`` and ``until``."""
+) -> dict[str, DmaHours]:  # fmt: skip
+    """Hourly series of every DMA of ``site`` between ``since`` and ``until``: flow meters
+    aggregated per hour in SQL, then the customer meters' hourly consumption
+    (a second query, skipped when the site has no DMA customer meters)."""
     want = {d.dma: len(d.inlets) + len(d.outlets) for d in dma_list}
-    cols: dict[str, list[list[Any]]] = {}
+    params = {"site": site, "tz": tz, "since": since, "until": until}
     with conn.cursor(binary=True) as cur:
-        cur.execute(_HOURS, {"site": site, "tz": tz, "since": since, "until": until})
-        while rows := cur.fetchmany(50_000):
-            for r in rows:
-                if r[0] not in want:
-                    continue
-                acc = cols.setdefault(r[0], [[] for _ in range(10)])
-                flow_ok = r[7] == want[r[0]] and r[6] is not None
-                values = (
-                    r[2],
-                    r[3],
-                    r[4],
-                    r[5],
-                    r[6] if flow_ok else np.nan,
-                    r[8],
-                    r[9],
-                    r[10],
-                    np.nan if r[11] is None else r[11],
-                )
-                for k, v in enumerate(values):
-                    acc[k].append(v)
+        cur.execute(_FLOW_HOURS, params)
+        rows = cur.fetchall()  # hourly aggregates: 8,760 rows per DMA and year
+    cols: dict[str, list[Any]] = {}
+    if rows:
+        dmas_col, t, day, hour, weekend, inflow, meters, frozen = zip(*rows, strict=True)
+        names = np.asarray(dmas_col, dtype=object)
+        # Rows come sorted by DMA: split at the boundaries.
+        cuts = np.nonzero(names[1:] != names[:-1])[0] + 1
+        bounds = zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]]), strict=True)
+        inflow_arr = np.array([np.nan if v is None else v for v in inflow], dtype=np.float64)
+        meters_arr = np.asarray(meters, dtype=np.int64)
+        for lo, hi in bounds:
+            dma = str(names[lo])
+            if dma not in want:
+                continue
+            ok = meters_arr[lo:hi] == want[dma]
+            cols[dma] = [
+                np.asarray(t[lo:hi], dtype=np.float64),
+                np.asarray(day[lo:hi], dtype=np.int64),
+                np.asarray(hour[lo:hi], dtype=np.int64),
+                np.asarray(weekend[lo:hi], dtype=bool),
+                np.where(ok, inflow_arr[lo:hi], np.nan),
+                np.asarray(frozen[lo:hi], dtype=bool),
+            ]
+    customers: dict[str, dict[float, tuple[float, int]]] = {}
+    if any(d.customer_meters for d in dma_list):
+        with conn.cursor(binary=True) as cur:
+            cur.execute(_CUSTOMER_HOURS, params)
+            for dma, t, rate, meters in cur:
+                customers.setdefault(dma, {})[t] = (rate, meters)
     out: dict[str, DmaHours] = {}
     for dma, acc in cols.items():
+        cust = customers.get(dma, {})
+        if cust:
+            metered = np.array([cust.get(v, (0.0, 0))[0] for v in acc[0]], dtype=np.float64)
+            reporting = np.array([cust.get(v, (0.0, 0))[1] for v in acc[0]], dtype=np.int64)
+        else:
+            metered = np.zeros(len(acc[0]))
+            reporting = np.zeros(len(acc[0]), dtype=np.int64)
         out[dma] = DmaHours(
-            hour_start=np.asarray(acc[0], dtype=np.float64),
-            day=np.asarray(acc[1], dtype=np.int64),
-            hour=np.asarray(acc[2], dtype=np.int64),
-            weekend=np.asarray(acc[3], dtype=bool),
-            inflow_m3h=np.asarray(acc[4], dtype=np.float64),
-            frozen=np.asarray(acc[5], dtype=bool),
-            metered_m3h=np.asarray(acc[6], dtype=np.float64),
-            meters=np.asarray(acc[7], dtype=np.int64),
-            pressure_bar=np.asarray(acc[8], dtype=np.float64),
+            hour_start=acc[0],
+            day=acc[1],
+            hour=acc[2],
+            weekend=acc[3],
+            inflow_m3h=acc[4],
+            frozen=acc[5],
+            metered_m3h=metered,
+            meters=reporting,
         )
     return out
 

@@ -236,16 +236,31 @@ def _cmd_ingest(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.retire_session:
         return retire_session(worker_config(config, None, args.retire_session))
+    registry = None
+    if args.command == "run" and args.worker is None:
+        registry = _start_anomaly(config)
     if args.worker is None:
         retire_stale_sessions(config, config.ingest.workers, main_argv())
         if config.ingest.workers > 1:
             return run_workers(config, config.ingest.workers, main_argv())
     if args.worker is not None:
         config = worker_config(config, args.worker)
-    service = IngestService(config)
+    service = IngestService(config, registry=registry)
     _install_signals(service.stopping.set)
     service.run()
     return 0
+
+
+def _start_anomaly(config: Config) -> Any:
+    """``sobriety run``: the anomaly service in a thread, its metrics in the ingest's registry."""
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.service import AnomalyService
+
+    registry = CollectorRegistry()
+    service = AnomalyService(config.db_conninfo(), config.anomaly, registry)
+    threading.Thread(target=service.run, name="anomaly", daemon=True).start()
+    return registry
 
 
 def _pipeline(config: Config, history: bool) -> Any:
