@@ -99,6 +99,7 @@ def step_params(cfg: AnomalyConfig) -> StepParams:
         baseline_nights=cfg.baseline_nights,
         min_baseline_nights=cfg.min_baseline_nights,
         close_nights=cfg.close_nights,
+        confirm_nights=cfg.confirm_nights,
     )
 
 

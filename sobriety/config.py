@@ -111,6 +111,7 @@ class AnomalyConfig(_Section):
     baseline_nights: int = Field(28, ge=7)
     min_baseline_nights: int = Field(7, ge=3)
     close_nights: int = Field(2, ge=1)
+    confirm_nights: int = Field(2, ge=1)
     min_burst_fraction: float = Field(0.2, gt=0)
     min_burst_m3h: float = Field(0.05, ge=0)
     false_alarm_days: float = Field(2000.0, gt=1)
