@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -418,8 +418,3 @@ class AnomalyService:
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
         self._stop.set()
-
-
-def parse_bound(value: datetime | None, default: float) -> float:
-    """Seconds since the epoch of an aware datetime (or the default)."""
-    return default if value is None else value.astimezone(UTC).timestamp()

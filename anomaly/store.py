@@ -17,9 +17,9 @@ import numpy.typing as npt
 import orjson
 import psycopg
 
-FloatArray = npt.NDArray[np.float64]
+from sobriety.clock import utc
 
-FLOW, VOLUME, PRESSURE = 1, 2, 3  # metric ids, fixed by migration 0001
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(slots=True)
@@ -338,8 +338,6 @@ class Reconciled:
 
 
 def _ts(value: float | None) -> datetime | None:
-    from sobriety.clock import utc
-
     return None if value is None else utc(value)
 
 
