@@ -190,6 +190,9 @@ class Sobriety:
     def committed(self) -> int:
         return int(sum(p.metric("sobriety_ingest_readings_stored_total") for p in self.procs))
 
+    def duplicates(self) -> int:
+        return int(sum(p.metric("sobriety_ingest_readings_duplicate_total") for p in self.procs))
+
     def lag_buckets(self) -> dict[float, float]:
         merged: dict[float, float] = {}
         for proc in self.procs:
@@ -312,6 +315,7 @@ def run_suite(
     res["drain_wall_readings_per_s"] = nd * 10 / (done - started)
     if isinstance(sub, Sobriety):
         res["rss_peak_mb"] = sub.rss_mb()
+        res["duplicate_readings"] = sub.duplicates()  # 0: every key sent was unique
     sub.stop()
     print(f"{kind}: " + ", ".join(f"{k}={v:,.3f}" for k, v in res.items()), flush=True)
     return res

@@ -52,13 +52,19 @@ def main() -> None:
     bns = [f"d{i}:" for i in range(args.devices)]
     start = time.time()
     interval = 1.0 / args.rate if args.rate else 0.0
+    # The base time of a message is its publish time, so "commit time - reading time" is the
+    # latency; records 1.. are 1 ms apart after it. A device's next message starts after its
+    # previous records (publish may be fast enough to go round all devices within 10 ms), so
+    # (device, metric, time) is unique by construction and every reading must be stored.
+    step = 1e-3
+    next_free = [0.0] * args.devices
     for n in range(args.offset, args.offset + args.messages):
         dev = n % args.devices
-        # Records 1.. are 1 ms apart after the publish time: (device, metric, time) is unique
-        # (a device publishes again only after all the others have, tens of ms later).
         seq = n // args.devices
-        pack = [{"bn": bns[dev], "bt": time.time(), "n": "power", "v": seq}]
-        pack += [{"n": "energy", "t": r * 1e-3, "v": seq + r} for r in range(1, args.records)]
+        bt = max(time.time(), next_free[dev])
+        next_free[dev] = bt + (args.records + 1) * step
+        pack = [{"bn": bns[dev], "bt": bt, "n": "power", "v": seq}]
+        pack += [{"n": "energy", "t": r * step, "v": seq + r} for r in range(1, args.records)]
         client.publish(topics[dev], orjson.dumps(pack), qos=1)
         sent = n - args.offset + 1
         if interval:
