@@ -3,12 +3,15 @@ FROM python:3.11-slim
 RUN useradd --system --create-home --home-dir /var/lib/sobriety sobriety
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY sobriety ./sobriety
+COPY core ./core
 COPY ingest ./ingest
-COPY policies ./policies
 COPY anomaly ./anomaly
+COPY policies ./policies
 COPY energy ./energy
 COPY simulators ./simulators
+COPY dashboards ./dashboards
+COPY app ./app
+# Without the [demo] extra: the production image has a broker and a database to talk to.
 RUN pip install --no-cache-dir . && rm -rf /src
 USER sobriety
 WORKDIR /var/lib/sobriety

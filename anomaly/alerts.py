@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from sobriety.errors import SobrietyError
+from core.errors import SobrietyError
 
 COLUMNS = (
     "id, kind, site, subject_type, subject, opened_at, closed_at, state, estimated_flow_m3h, "

@@ -9,9 +9,8 @@ A gap neither opens nor closes an alert.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
+from core.arrays import FloatArray
 
 
 def flag_runs(state: FloatArray) -> list[tuple[int, int | None]]:

@@ -26,11 +26,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 from scipy.optimize import brentq
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
+from core.arrays import BoolArray, FloatArray, IntArray
 
 MAD_TO_SIGMA = 1.4826
 """Scale factor from the median absolute deviation to the standard deviation of a normal law."""
@@ -326,8 +324,8 @@ class BurstParams:
 
 def detect_bursts(
     hour_start: FloatArray,
-    day: npt.NDArray[np.int64],
-    hour: npt.NDArray[np.int64],
+    day: IntArray,
+    hour: IntArray,
     net_flow: FloatArray,
     weekend: BoolArray,
     params: BurstParams = BurstParams(),

@@ -15,9 +15,9 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
+from core.arrays import BoolArray, FloatArray, IntArray
+
 EPOCH = date(1970, 1, 1)
 
 
@@ -31,10 +31,10 @@ class Nights:
     ``gap`` the reason a night was not assessed ("" when it was).
     """
 
-    day: npt.NDArray[np.int64]
+    day: IntArray
     window_start: FloatArray
     window_end: FloatArray
-    weekend: npt.NDArray[np.bool_]
+    weekend: BoolArray
     mnf_m3h: FloatArray
     metered_m3h: FloatArray
     net_m3h: FloatArray
@@ -54,12 +54,12 @@ def window_bounds(day: int, tz: ZoneInfo, start_h: int, end_h: int) -> tuple[flo
 
 def night_series(
     hour_start: FloatArray,
-    day: npt.NDArray[np.int64],
-    hour: npt.NDArray[np.int64],
+    day: IntArray,
+    hour: IntArray,
     inflow_m3h: FloatArray,
-    frozen: npt.NDArray[np.bool_],
+    frozen: BoolArray,
     metered_m3h: FloatArray,
-    meters: npt.NDArray[np.int64],
+    meters: IntArray,
     customer_meters: int,
     tz: ZoneInfo,
     start_h: int = 2,

@@ -22,12 +22,12 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from anomaly import store
+from anomaly.config import AnomalyConfig
 from anomaly.customers import continuous_flow_state, flag_runs, high_consumption_state
 from anomaly.detect import BurstParams, Episode, StepParams, detect_bursts, detect_steps
 from anomaly.nights import EPOCH, Nights, nan_to_none, night_series
-from sobriety.clock import Clock, SystemClock, utc
-from sobriety.config import AnomalyConfig
-from sobriety.db import connect
+from core.clock import Clock, SystemClock, utc
+from core.db import connect
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import psycopg
 
-from sobriety.clock import utc
-
-FloatArray = npt.NDArray[np.float64]
+from core.arrays import BoolArray, FloatArray, IntArray
+from core.clock import utc
 
 
 @dataclass(slots=True)
@@ -79,13 +77,13 @@ class DmaHours:
     """
 
     hour_start: FloatArray
-    day: npt.NDArray[np.int64]
-    hour: npt.NDArray[np.int64]
-    weekend: npt.NDArray[np.bool_]
+    day: IntArray
+    hour: IntArray
+    weekend: BoolArray
     inflow_m3h: FloatArray
-    frozen: npt.NDArray[np.bool_]
+    frozen: BoolArray
     metered_m3h: FloatArray
-    meters: npt.NDArray[np.int64]
+    meters: IntArray
 
 
 _FLOW_HOURS = """

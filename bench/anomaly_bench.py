@@ -36,12 +36,12 @@ import psycopg
 ROOT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT_DIR))
 
+from anomaly.config import AnomalyConfig  # noqa: E402
 from anomaly.detect import detect_bursts, detect_steps  # noqa: E402
 from anomaly.nights import night_series  # noqa: E402
 from anomaly.service import Scanner  # noqa: E402
+from core.db import upgrade  # noqa: E402
 from simulators.history import HistoryScenario, write_history  # noqa: E402
-from sobriety.config import AnomalyConfig  # noqa: E402
-from sobriety.db import upgrade  # noqa: E402
 
 SERVER = os.environ.get("SOBRIETY_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

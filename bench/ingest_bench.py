@@ -34,13 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from bench_support import ROOT_DIR, ingest_config
 
-ROOT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT_DIR))
-
-from sobriety.db import upgrade  # noqa: E402
-from tests.fix_ingest import IngestProcess, make_config  # noqa: E402
-from tests.fix_mqtt import PrivateBroker  # noqa: E402
+from app.embedded import Mosquitto
+from app.embedded.service_process import ServiceProcess
+from core.db import upgrade
 
 PY = sys.executable
 
@@ -164,12 +162,10 @@ def rss_peak_mb(pid: int) -> float:
 class Sobriety:
     """The project's ingest, as ``sobriety ingest`` processes."""
 
-    def __init__(
-        self, db_url: str, broker: PrivateBroker, work: Path, root: str, workers: int
-    ) -> None:
+    def __init__(self, db_url: str, broker: Mosquitto, work: Path, root: str, workers: int) -> None:
         self.procs = []
         for _ in range(workers):
-            config = make_config(
+            config = ingest_config(
                 db_url,
                 broker.url,
                 work,
@@ -177,7 +173,7 @@ class Sobriety:
                 mqtt={"shared_group": "ingest" if workers > 1 else None, "session_expiry_s": 3600},
                 ingest={"batch_ms": 100, "batch_rows": 10000, "inventory_refresh_s": 5},
             )
-            self.procs.append(IngestProcess(config, work))
+            self.procs.append(ServiceProcess(config, work))
 
     def start(self) -> None:
         for proc in self.procs:
@@ -209,7 +205,7 @@ class Sobriety:
 class Naive:
     """The baseline subscriber (bench/naive_subscriber.py)."""
 
-    def __init__(self, db_url: str, broker: PrivateBroker, root: str) -> None:
+    def __init__(self, db_url: str, broker: Mosquitto, root: str) -> None:
         self.db_url = db_url
         self.broker = broker
         self.root = root
@@ -256,7 +252,7 @@ class Naive:
 def run_suite(
     kind: str,
     sub: Sobriety | Naive,
-    broker: PrivateBroker,
+    broker: Mosquitto,
     root: str,
     site: str,
     devices: int,
@@ -338,8 +334,7 @@ def main() -> int:
     site = "bench"
     with tempfile.TemporaryDirectory(prefix="sobriety-bench-") as tmp:
         work = Path(tmp)
-        (work / "broker").mkdir()
-        broker = PrivateBroker(work / "broker")
+        broker = Mosquitto(work / "broker")
         broker.start()
         try:
             with psycopg.connect(db_url) as conn:

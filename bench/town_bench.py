@@ -24,26 +24,24 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from bench_support import ROOT_DIR, ingest_config
 
-ROOT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT_DIR))
-
-from simulators import Fleet, build_town, load_scenario, write_inventory  # noqa: E402
-from sobriety.db import upgrade  # noqa: E402
-from sobriety.inventory import import_inventory  # noqa: E402
-from tests.fix_ingest import IngestProcess, make_config  # noqa: E402
-from tests.fix_mqtt import PrivateBroker  # noqa: E402
+from app.embedded import Mosquitto
+from app.embedded.service_process import ServiceProcess
+from core.db import upgrade
+from core.inventory import import_inventory
+from simulators import Fleet, build_town, load_scenario, write_inventory
 
 
 def simulate(
-    town_path: Path, broker: PrivateBroker, seed: int, prefix: str, root: str
+    town_path: Path, broker: Mosquitto, seed: int, prefix: str, root: str
 ) -> tuple[float, int, int]:
     scenario = load_scenario(town_path).model_copy(update={"root": root})
     town = build_town(scenario, seed)
     fleet = Fleet(town, broker.url, speed=0.0, client_prefix=prefix)
     started = time.monotonic()
     fleet.connect()
-    truth = fleet.run(progress=False)
+    truth = fleet.run()
     fleet.wait_published(timeout_s=600)
     fleet.close()
     return time.monotonic() - started, truth.readings, truth.messages
@@ -59,8 +57,7 @@ def main() -> int:
     seed = 1
     with tempfile.TemporaryDirectory(prefix="sobriety-town-") as tmp:
         work = Path(tmp)
-        (work / "broker").mkdir()
-        broker = PrivateBroker(work / "broker")
+        broker = Mosquitto(work / "broker")
         broker.start()
         try:
             scenario = load_scenario(town_path)
@@ -77,7 +74,7 @@ def main() -> int:
                 f"{readings:,} readings",
                 flush=True,
             )
-            ingest = IngestProcess(make_config(db_url, broker.url, work, scenario.root), work)
+            ingest = ServiceProcess(ingest_config(db_url, broker.url, work, scenario.root), work)
             ingest.start()
             started = time.monotonic()
             sim_s, readings, messages = simulate(town_path, broker, seed, "chain", scenario.root)

@@ -12,10 +12,10 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import PayloadError, RejectReason, SobrietyError
+from core.payloads import RawRecord, RecordProblem, parse_iso_time
 from ingest.pipeline import Limits, Outcome, Pipeline, Rejection
 from ingest.store import Store
-from sobriety.errors import PayloadError, RejectReason, SobrietyError
-from sobriety.payloads import RawRecord, RecordProblem, parse_iso_time
 
 COLUMNS = ("time", "site", "device", "metric", "value", "unit")
 _HISTORY_S = 200 * 365.25 * 86400.0

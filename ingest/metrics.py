@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from sobriety.errors import RejectReason
+from core.errors import RejectReason
 
 LAG_BUCKETS = (
     0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
@@ -16,6 +16,7 @@ class IngestMetrics:
     """``sobriety_ingest_*`` metrics."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         ns, sub = "sobriety", "ingest"
         self.received = Counter(
             "messages_received",
@@ -99,3 +100,22 @@ class IngestMetrics:
             subsystem=sub,
             registry=registry,
         )
+        self.subscribed = Gauge(
+            "subscribed",
+            "1 once the broker acknowledged the subscription on this connection (SUBACK).",
+            namespace=ns,
+            subsystem=sub,
+            registry=registry,
+        )
+
+    def value(self, name: str, **labels: str) -> float:
+        """The current value of ``sobriety_ingest_{name}`` (with its labels), 0 if never set:
+        what the endpoint serves, read through the registry's public API."""
+        found = self.registry.get_sample_value(f"sobriety_ingest_{name}", labels or None)
+        return 0.0 if found is None else found
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """Messages rejected so far, by reason (reasons never seen left out)."""
+        counts = {r.value: int(self.value("messages_rejected_total", reason=r.value))
+                  for r in RejectReason}  # fmt: skip
+        return {reason: n for reason, n in counts.items() if n}

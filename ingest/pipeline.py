@@ -13,9 +13,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sobriety.contract import METRICS, accepted_units, parse_topic, unit_conversion
-from sobriety.errors import RejectError, RejectReason
-from sobriety.payloads import RawRecord, RecordProblem, decode
+from core.contract import METRICS, accepted_units, parse_topic, unit_conversion
+from core.errors import RejectError, RejectReason
+from core.payloads import RawRecord, RecordProblem, decode
 
 Row = tuple[int, int, int, float]
 """A reading ready to store: (time [µs since epoch], device id, metric id, canonical value)."""

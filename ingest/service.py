@@ -29,14 +29,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import CollectorRegistry, start_http_server
 
+from core.config import Config
+from core.contract import uplink_filter
+from core.db import DatabaseError, connect
+from core.errors import RejectReason
+from ingest.acks import send_pubacks
+from ingest.config import IngestConfig
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Limits, Outcome, Pipeline, Rejection, Row
 from ingest.spool import Spool, SpoolFullError, decode_frame, encode_frame
 from ingest.store import Store
-from sobriety.config import Config
-from sobriety.contract import uplink_filter
-from sobriety.db import DatabaseError, connect
-from sobriety.errors import RejectReason
 
 log = logging.getLogger("sobriety.ingest")
 
@@ -178,7 +180,7 @@ class IngestService:
     ) -> None:
         self.config = config
         self.retiring = retiring  # drain the session's queue without taking new messages
-        icfg = config.ingest
+        icfg = self.settings = config.section(IngestConfig)
         self.registry = registry or CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         spool_dir = icfg.spool_dir / config.mqtt.client_id
@@ -200,6 +202,8 @@ class IngestService:
         self._generation = 0
         self._db_retry_at = 0.0
         self._db_backoff = 0.5
+        self._db_up: bool | None = None  # unknown until the first write
+        self.subscribed = threading.Event()  # set at the SUBACK, cleared on disconnect
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
         self._http: Any = None
@@ -229,6 +233,7 @@ class IngestService:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
@@ -251,7 +256,19 @@ class IngestService:
             topic,
         )
 
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any
+    ) -> None:
+        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("broker refused the subscription: %s", refused)
+            return
+        self.metrics.subscribed.set(1)
+        self.subscribed.set()
+
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.subscribed.clear()
+        self.metrics.subscribed.set(0)
         self.metrics.broker_connected.set(0)
         if not self.stopping.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason)
@@ -259,7 +276,10 @@ class IngestService:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received_at = time.time()
         self.metrics.received.inc()
-        topic = msg._topic.decode("utf-8", "replace")
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # brokers refuse such topics; a broken one must not stop us
+            topic = "(topic not UTF-8)"
         try:
             outcome = self.pipeline.process(topic, bytes(msg.payload), received_at)
         except Exception as exc:  # a bug must not stop the ingest nor lose the message
@@ -287,15 +307,17 @@ class IngestService:
         return time.monotonic() >= self._db_retry_at
 
     def _db_failed(self, exc: Exception) -> None:
-        if self.metrics.db_up._value.get() != 0:
+        if self._db_up is not False:
             log.warning("database unavailable (%s); spooling to %s", exc, self.spool.directory)
+        self._db_up = False
         self.metrics.db_up.set(0)
         self._db_retry_at = time.monotonic() + self._db_backoff
-        self._db_backoff = min(self._db_backoff * 2, self.config.ingest.db_retry_max_s)
+        self._db_backoff = min(self._db_backoff * 2, self.settings.db_retry_max_s)
 
     def _db_ok(self) -> None:
-        if self.metrics.db_up._value.get() != 1:
+        if self._db_up is not True:
             log.info("database available")
+        self._db_up = True
         self.metrics.db_up.set(1)
         self._db_backoff = 0.5
 
@@ -340,18 +362,7 @@ class IngestService:
         generation = self._generation
         # An id from an earlier connection may now name another message: the broker
         # redelivers the old one, which is then stored (deduplicated) and acknowledged.
-        current = [(mid, qos) for gen, mid, qos in batch.acks if gen == generation]
-        queue = getattr(client, "_packet_queue", None)
-        if queue is not None and all(qos == 1 for _, qos in current):
-            # One write for the whole batch instead of one queued packet (and one wake-up of
-            # paho's loop) per message: PUBACK is 0x40, remaining length 2, the packet id
-            # (MQTT 5 3.4.2.1: reason code and properties may be omitted on success).
-            blob = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid, _ in current)
-            if blob:
-                queue(mqtt.PUBACK, blob, 0, 0)
-            return
-        for mid, qos in current:
-            client.ack(mid, qos)
+        send_pubacks(client, [(mid, qos) for gen, mid, qos in batch.acks if gen == generation])
 
     def drain_spool(self, budget_s: float) -> None:
         """Replay spooled segments into the database for at most about ``budget_s`` seconds."""
@@ -378,7 +389,7 @@ class IngestService:
             self.metrics.spool_bytes.set(self.spool.size_bytes)
 
     def _writer_loop(self) -> None:
-        wait = self.config.ingest.batch_ms / 1000.0
+        wait = self.settings.batch_ms / 1000.0
         while True:
             batch = self.batcher.take(timeout=wait)
             if batch is not None:
@@ -450,8 +461,8 @@ class IngestService:
             while not self.stopping.wait(60.0):
                 log.info(
                     "received %d messages, stored %d readings, spool %d bytes",
-                    self.metrics.received._value.get(),
-                    self.metrics.stored._value.get(),
+                    self.metrics.value("messages_received_total"),
+                    self.metrics.value("readings_stored_total"),
                     self.spool.size_bytes,
                 )
         finally:

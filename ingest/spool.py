@@ -23,8 +23,8 @@ from pathlib import Path
 
 import orjson
 
+from core.errors import RejectReason, SobrietyError
 from ingest.pipeline import Rejection, Row
-from sobriety.errors import RejectReason, SobrietyError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import psycopg
 
+from core.clock import utc
+from core.db import connect
 from ingest.pipeline import Rejection, Row
-from sobriety.clock import utc
-from sobriety.db import connect
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sobriety.config import Config
+from core.config import Config
+from ingest.config import IngestConfig
 
 log = logging.getLogger("sobriety.ingest")
 DEFAULT_GROUP = "sobriety-ingest"
@@ -34,18 +34,16 @@ def worker_config(config: Config, index: int | None, retire_id: str | None = Non
     mqtt = config.mqtt
     client_id = retire_id or f"{mqtt.client_id}-{index}"
     port = config.metrics.port + (index or 0) if config.metrics.port and index is not None else 0
-    return config.model_copy(
-        update={
-            "mqtt": mqtt.model_copy(
-                update={"client_id": client_id, "shared_group": mqtt.shared_group or DEFAULT_GROUP}
-            ),
-            "metrics": config.metrics.model_copy(update={"port": port}),
-        }
+    return config.replace(
+        mqtt.model_copy(
+            update={"client_id": client_id, "shared_group": mqtt.shared_group or DEFAULT_GROUP}
+        ),
+        config.metrics.model_copy(update={"port": port}),
     )
 
 
 def _state_path(config: Config) -> Path:
-    return config.ingest.spool_dir / f"{config.mqtt.client_id}.workers.json"
+    return config.section(IngestConfig).spool_dir / f"{config.mqtt.client_id}.workers.json"
 
 
 def client_ids(config: Config, workers: int) -> list[str]:
@@ -112,11 +110,6 @@ def run_workers(config: Config, workers: int, argv: Sequence[str]) -> int:
     return 0 if all(code == 0 for code in codes) else 1
 
 
-def main_argv() -> list[str]:
-    """The command line of this process, to start workers with."""
-    return [sys.executable, "-m", "sobriety.cli", *sys.argv[1:]]
-
-
 def retire_session(config: Config, quiet_s: float = 2.0, timeout_s: float = 600.0) -> int:
     """Connect with a retired worker's id, store what its session holds, then end the session."""
     from ingest.service import IngestService
@@ -127,8 +120,8 @@ def retire_session(config: Config, quiet_s: float = 2.0, timeout_s: float = 600.
     last = -1.0
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:
-        time.sleep(0.2)
-        received = service.metrics.received._value.get()
+        time.sleep(0.2)  # polls for quiet: "nothing more came for quiet_s" has no event
+        received = service.metrics.value("messages_received_total")
         if received != last:
             last, quiet_since = received, time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_s:

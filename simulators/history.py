@@ -16,10 +16,9 @@ path); the inventory goes through ``sobriety inventory import``. Units: m³/h, m
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -27,21 +26,21 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from core.arrays import FloatArray
+from core.errors import ConfigError
+from core.inventory import (
+    DEVICE_FILE_COLUMNS,
+    DMA_FILE_COLUMNS,
+    import_inventory,
+    write_inventory_csv,
+)
+from core.models import StrictModel, load_file
 from simulators import physics
-from simulators.physics import FloatArray
-from simulators.scenario import _describe
-from sobriety.config import read_toml
-from sobriety.errors import ConfigError
-from sobriety.inventory import import_inventory
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HistoryLeaks(_Model):
+class HistoryLeaks(StrictModel):
     """Random leaks: ``per_dma`` on average over the period (Poisson), sizes log-uniform
     between ``size_fraction`` bounds of the DMA's MNF, a ``burst_share`` of bursts (the rest
     grows over ``ramp_days``), repaired after ``repair_days`` (uniform)."""
@@ -54,7 +53,7 @@ class HistoryLeaks(_Model):
     quiet_days: float = Field(21.0, ge=0, description="no leak in the first days (learning)")
 
 
-class FixedLeak(_Model):
+class FixedLeak(StrictModel):
     """A leak placed by hand: DMA index, kind, start [days from the start], duration [days]
     (None: until the end), size as a fraction of the DMA's MNF, ramp [days] if incipient."""
 
@@ -66,7 +65,7 @@ class FixedLeak(_Model):
     ramp_days: float = Field(2.0, gt=0)
 
 
-class HistoryScenario(_Model):
+class HistoryScenario(StrictModel):
     """A history scenario (TOML). Ranges ``(low, high)`` are drawn per DMA."""
 
     name: str = "history"
@@ -125,11 +124,7 @@ class HistoryScenario(_Model):
 
 def load_history_scenario(path: Path) -> HistoryScenario:
     """Read and validate a history scenario; :class:`ConfigError` names file, key, value."""
-    raw = read_toml(path, "history scenario")
-    try:
-        return HistoryScenario.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(path, exc, raw)) from None
+    return load_file(path, HistoryScenario, "history scenario")
 
 
 def packaged_history(name: str = "evaluation") -> Path:
@@ -358,36 +353,36 @@ class HistoryWriter:
     # --- inventory ---------------------------------------------------------------------------
     def write_inventory(self, directory: Path) -> tuple[Path, Path]:
         """``dmas.csv`` and ``devices.csv`` of the network."""
-        directory.mkdir(parents=True, exist_ok=True)
-        sc = self.sc
-        dmas_csv, devices_csv = directory / "dmas.csv", directory / "devices.csv"
-        with dmas_csv.open("w", newline="") as fh:
-            out = csv.writer(fh)
-            out.writerow(["site", "dma", "mains_km", "connections", "private_km", "avg_pressure_m"])
-            for d in self.dmas:
-                out.writerow(
-                    [
-                        sc.site,
-                        d.name,
-                        round(d.mains_km, 3),
-                        d.customers,
-                        round(d.customers * 0.012, 3),
-                        round(d.pressure_m, 1),
-                    ]
-                )
-        with devices_csv.open("w", newline="") as fh:
-            out = csv.writer(fh)
-            out.writerow(["site", "device", "kind", "dma", "role"])
-            for d in self.dmas:
-                out.writerow([sc.site, f"fm-{d.name}-in", "flow_meter", d.name, "inlet"])
-                if d.outlet:
-                    out.writerow([sc.site, f"fm-{d.name}-out", "flow_meter", d.name, "outlet"])
-                out.writerow([sc.site, f"ps-{d.name}", "pressure_sensor", d.name, ""])
-                for j in range(d.smart):
-                    out.writerow([sc.site, _meter(d, j), "water_meter", d.name, ""])
-                if math.isfinite(d.large_from):
-                    out.writerow([sc.site, f"{d.name}-large", "water_meter", d.name, ""])
-        return dmas_csv, devices_csv
+        site = self.sc.site
+        dmas = [
+            {
+                "site": site,
+                "dma": d.name,
+                "mains_km": round(d.mains_km, 3),
+                "connections": d.customers,
+                "private_km": round(d.customers * 0.012, 3),
+                "avg_pressure_m": round(d.pressure_m, 1),
+            }
+            for d in self.dmas
+        ]
+        devices: list[dict[str, object]] = []
+        for d in self.dmas:
+            meter = {"site": site, "dma": d.name}
+            devices.append({**meter, "device": f"fm-{d.name}-in", "kind": "flow_meter",
+                            "role": "inlet"})  # fmt: skip
+            if d.outlet:
+                devices.append({**meter, "device": f"fm-{d.name}-out", "kind": "flow_meter",
+                                "role": "outlet"})  # fmt: skip
+            devices.append({**meter, "device": f"ps-{d.name}", "kind": "pressure_sensor"})
+            devices.extend(
+                {**meter, "device": _meter(d, j), "kind": "water_meter"} for j in range(d.smart)
+            )
+            if math.isfinite(d.large_from):
+                devices.append({**meter, "device": f"{d.name}-large", "kind": "water_meter"})
+        return (
+            write_inventory_csv(directory / "dmas.csv", dmas, DMA_FILE_COLUMNS),
+            write_inventory_csv(directory / "devices.csv", devices, DEVICE_FILE_COLUMNS),
+        )
 
     # --- data ----------------------------------------------------------------------------------
     def write(self, conn: psycopg.Connection, directory: Path) -> HistoryTruth:
@@ -407,10 +402,13 @@ class HistoryWriter:
             rows = self._day(day, ids)
             with (
                 conn.cursor() as cur,
-                cur.copy("COPY readings (time, device_id, metric_id, value) FROM STDIN") as copy,
+                cur.copy(
+                    "COPY readings (time, device_id, metric_id, value) FROM STDIN (FORMAT BINARY)"
+                ) as copy,
             ):
+                copy.set_types(["timestamptz", "int4", "int2", "float8"])
                 for t, dev, metric, value in rows:
-                    copy.write_row((datetime.fromtimestamp(t).astimezone(), dev, metric, value))
+                    copy.write_row((datetime.fromtimestamp(t, UTC), dev, metric, value))
             conn.commit()
             self.truth.readings += len(rows)
         return self.truth

@@ -6,9 +6,8 @@ Units are in the names and docstrings: W, Wh, m³/h, m³, bar, metres of water, 
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
+from core.arrays import FloatArray
 
 M_WATER_TO_BAR = 0.0980665
 """1 metre of water column in bar."""

@@ -10,28 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from sobriety.config import read_toml
-from sobriety.contract import valid_segment
-from sobriety.errors import ConfigError
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Reporting(_Model):
-    """How often a kind of device samples (``interval_s``) and how many samples it sends per
-    message (``batch``); ``deadband`` per metric: a sample that moved less than this since the
-    last one sent is skipped (report by exception), unless ``max_silence_s`` has passed."""
-
-    interval_s: int = Field(600, ge=60)
-    batch: int = Field(1, ge=1, le=100)
-    deadband: dict[str, float] = Field(default_factory=dict)
-    max_silence_s: int = Field(3600, ge=60)
+from core.contract import DEVICE_KINDS, valid_segment
+from core.messages import LightingProgram, Reporting
+from core.models import StrictModel, load_file
 
 
 def _default_reporting() -> dict[str, Reporting]:
@@ -47,34 +32,7 @@ def _default_reporting() -> dict[str, Reporting]:
     }
 
 
-class Program(_Model):
-    """A lighting program: on at sunset + ``on_offset_min``, off at sunrise + ``off_offset_min``,
-    dimming ``steps`` of (local "HH:MM", level %) in between; ``presence_boost`` % for
-    ``presence_hold_s`` after a detection."""
-
-    on_offset_min: int = 0
-    off_offset_min: int = 0
-    steps: list[tuple[str, float]] = Field(
-        default_factory=lambda: [("22:00", 70.0), ("23:30", 40.0), ("05:30", 70.0)]
-    )
-    presence_boost: float = Field(100.0, ge=0, le=100)
-    presence_hold_s: int = Field(120, ge=0)
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, steps: list[tuple[str, float]]) -> list[tuple[str, float]]:
-        for when, level in steps:
-            hours, _, minutes = when.partition(":")
-            if not (
-                hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60
-            ):
-                raise ValueError(f"a local time HH:MM, got {when!r}")
-            if not 0 <= level <= 100:
-                raise ValueError(f"a level from 0 to 100 %, got {level}")
-        return steps
-
-
-class Lighting(_Model):
+class Lighting(StrictModel):
     """Streets of luminaires under cabinets."""
 
     streets: int = Field(4, ge=0)
@@ -89,10 +47,10 @@ class Lighting(_Model):
     day_burners: int = Field(1, ge=0, description="lamps stuck on in daytime")
     drifting: int = Field(1, ge=0, description="lamps whose power drifts up from their curve")
     drift_per_day: float = Field(0.05, ge=0)
-    program: Program = Program()
+    program: LightingProgram = LightingProgram()
 
 
-class Leak(_Model):
+class Leak(StrictModel):
     """A leak: ``burst`` (a step of ``flow_m3h`` at ``start_h``) or ``incipient`` (growing
     linearly to ``flow_m3h`` over ``ramp_h``), repaired at ``end_h`` if given. Hours from the
     start of the run."""
@@ -105,7 +63,7 @@ class Leak(_Model):
     ramp_h: float = Field(24.0, gt=0)
 
 
-class Water(_Model):
+class Water(StrictModel):
     """District metered areas with their meters, and the pumping station feeding them."""
 
     dmas: int = Field(1, ge=0)
@@ -123,7 +81,7 @@ class Water(_Model):
     leaks: list[Leak] = Field(default_factory=list)
 
 
-class ServerRoom(_Model):
+class ServerRoom(StrictModel):
     """The supervision server room: IT load and cooling that follows outdoor temperature."""
 
     enabled: bool = True
@@ -132,7 +90,7 @@ class ServerRoom(_Model):
     outdoor_swing_c: float = Field(6.0, ge=0)
 
 
-class Site(_Model):
+class Site(StrictModel):
     """One commune."""
 
     site: str
@@ -152,7 +110,7 @@ class Site(_Model):
         return value
 
 
-class Faults(_Model):
+class Faults(StrictModel):
     """Faults injected during the run, counted in the ground truth."""
 
     malformed: int = Field(2, ge=0)
@@ -168,7 +126,7 @@ class Faults(_Model):
     unknown_devices: int = Field(1, ge=0)
 
 
-class Scenario(_Model):
+class Scenario(StrictModel):
     """A whole scenario."""
 
     name: str = "scenario"
@@ -187,34 +145,28 @@ class Scenario(_Model):
             raise ValueError("a time with a UTC offset (or 'auto')")
         return value
 
+    @field_validator("reporting")
+    @classmethod
+    def _kinds(cls, value: dict[str, Reporting]) -> dict[str, Reporting]:
+        unknown = sorted(set(value) - set(DEVICE_KINDS))
+        if unknown:
+            raise ValueError(f"device kinds ({', '.join(DEVICE_KINDS)}), not {', '.join(unknown)}")
+        return {**_default_reporting(), **value}
 
-def _describe(path: Path, exc: ValidationError, raw: dict[str, Any]) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        value: Any = raw
-        for part in err["loc"]:
-            try:
-                value = value[part]
-            except (KeyError, IndexError, TypeError):
-                value = None
-                break
-        msg = err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
-        if err["type"] == "extra_forbidden":
-            msg = "no such key"
-        elif err["type"] == "missing":
-            msg = "a value (required)"
-        lines.append(f"{path}: {key} = {value!r}: expected {msg}")
-    return "; ".join(lines)
+    @model_validator(mode="after")
+    def _sampling(self) -> Scenario:
+        for kind, rep in self.reporting.items():
+            if rep.interval_s < self.step_s:
+                raise ValueError(
+                    f"reporting.{kind}.interval_s = {rep.interval_s} below step_s = "
+                    f"{self.step_s}: a device samples at most once per simulation step"
+                )
+        return self
 
 
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario file; :class:`ConfigError` names file, key and expectation."""
-    raw = read_toml(path, "scenario file")
-    try:
-        return Scenario.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(path, exc, raw)) from None
+    return load_file(path, Scenario, "scenario file")
 
 
 def packaged_scenario(name: str) -> Path:

@@ -7,15 +7,15 @@ give the same town.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from simulators.physics import FloatArray
+from core.arrays import FloatArray
+from core.inventory import DEVICE_FILE_COLUMNS, DMA_FILE_COLUMNS, write_inventory_csv
 from simulators.scenario import Scenario, Site
 
 _METRES_PER_DEGREE_LAT = 111_320.0
@@ -156,75 +156,40 @@ def build_town(scenario: Scenario, seed: int) -> Town:
     return Town(scenario, seed, [_build_site(spec, rng) for spec in scenario.sites])
 
 
-_DEVICE_COLUMNS = [
-    "site",
-    "device",
-    "kind",
-    "dma",
-    "role",
-    "lat",
-    "lon",
-    "group",
-    "lighting_class",
-    "nominal_power_w",
-]
-
-
 def write_inventory(town: Town, directory: Path) -> tuple[Path, Path]:
     """Write ``dmas.csv`` and ``devices.csv`` (and ``devices.geojson``); return the CSV paths.
 
     Import ``dmas.csv`` first: devices name their DMA.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    dmas_path = directory / "dmas.csv"
-    with dmas_path.open("w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(
-            ["site", "dma", "name", "mains_km", "connections", "private_km", "avg_pressure_m"]
-        )
-        for site in town.sites:
-            w = site.spec.water
-            for dma in site.dmas:
-                out.writerow(
-                    [
-                        site.spec.site,
-                        dma,
-                        f"Secteur {dma}",
-                        w.mains_km_per_dma,
-                        w.customers_per_dma,
-                        w.private_km_per_dma,
-                        w.avg_pressure_m,
-                    ]
-                )
-    devices_path = directory / "devices.csv"
-    features = []
-    with devices_path.open("w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(_DEVICE_COLUMNS)
-        for d in town.devices:
-            row = [
-                d.site,
-                d.device,
-                d.kind,
-                d.dma,
-                d.role,
-                "" if d.lat is None else d.lat,
-                "" if d.lon is None else d.lon,
-                d.group,
-                d.lighting_class,
-                "" if d.nominal_power_w is None else d.nominal_power_w,
-            ]
-            out.writerow(row)
-            props = {
-                k: v
-                for k, v in zip(_DEVICE_COLUMNS, row, strict=True)
-                if v != "" and k not in {"lat", "lon"}
-            }
-            geometry = (
+    dmas = [
+        {
+            "site": site.spec.site,
+            "dma": dma,
+            "name": f"Secteur {dma}",
+            "mains_km": site.spec.water.mains_km_per_dma,
+            "connections": site.spec.water.customers_per_dma,
+            "private_km": site.spec.water.private_km_per_dma,
+            "avg_pressure_m": site.spec.water.avg_pressure_m,
+        }
+        for site in town.sites
+        for dma in site.dmas
+    ]
+    devices = [{k: v for k, v in asdict(d).items() if v not in ("", None)} for d in town.devices]
+    features = [
+        {
+            "type": "Feature",
+            "geometry": (
                 {"type": "Point", "coordinates": [d.lon, d.lat]} if d.lat is not None else None
-            )
-            features.append({"type": "Feature", "geometry": geometry, "properties": props})
+            ),
+            "properties": {k: v for k, v in row.items() if k not in {"lat", "lon"}},
+        }
+        for d, row in zip(town.devices, devices, strict=True)
+    ]
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "devices.geojson").write_text(
         json.dumps({"type": "FeatureCollection", "features": features})
     )
-    return dmas_path, devices_path
+    return (
+        write_inventory_csv(directory / "dmas.csv", dmas, DMA_FILE_COLUMNS),
+        write_inventory_csv(directory / "devices.csv", devices, DEVICE_FILE_COLUMNS),
+    )

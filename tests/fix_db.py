@@ -6,28 +6,17 @@ server; an unreachable server stops the run at once with a clear message (never 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
-from sobriety.db import upgrade
+from app.embedded import Cluster, pg_bindir
+from core.db import upgrade, with_database
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +40,7 @@ def db_url(server_url: str) -> Iterator[str]:
     name = f"sobriety_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_db(server_url, name)
+    url = with_database(server_url, name)
     with psycopg.connect(url) as conn:
         upgrade(conn)
     yield url
@@ -65,7 +54,7 @@ def fresh_db_url(server_url: str) -> Iterator[str]:
     name = f"sobriety_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    yield _with_db(server_url, name)
+    yield with_database(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -108,73 +97,19 @@ def count_readings(conn: psycopg.Connection, site: str) -> int:
     return int(row[0])
 
 
-@dataclass
-class PrivateCluster:
-    """A PostgreSQL cluster of the test's own (so a test may stop and restart it)."""
-
-    bindir: Path
-    datadir: Path
-    port: int
-    run_as: list[str]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _ctl(self, *args: str) -> None:
-        subprocess.run(
-            [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} -c fsync=off"
-        self._ctl("start", "-w", "-t", "30", "-o", opts, "-l", str(self.datadir / "log"))
-
-    def stop(self, mode: str = "fast") -> None:
-        self._ctl("stop", "-w", "-m", mode)
-
-
-def _pg_bindir() -> Path:
-    found = shutil.which("pg_config")
-    if found:
-        out = subprocess.run([found, "--bindir"], capture_output=True, text=True, check=False)
-        candidate = Path(out.stdout.strip())
-        if (candidate / "initdb").exists():
-            return candidate
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not versions:
-        pytest.fail("no initdb found: install postgresql (scripts/services does)")
-    return versions[-1].parent
+PrivateCluster = Cluster
 
 
 @pytest.fixture
-def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateCluster]:
-    """A throw-away PostgreSQL cluster on a free port (as user postgres when run as root)."""
-    from tests.fix_mqtt import free_port
-
-    bindir = _pg_bindir()
-    base = tmp_path_factory.mktemp("pg")
-    datadir = base / "data"
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        run_as = ["runuser", "-u", "postgres", "--"]
-        base.chmod(0o777)
-        for parent in base.parents:
-            if parent == Path("/tmp") or parent == Path("/"):
-                break
-            parent.chmod(parent.stat().st_mode | 0o711)
-    subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "-A", "trust"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    cluster = PrivateCluster(bindir, datadir, free_port(), run_as)
+def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A throw-away PostgreSQL cluster of the test's own (:class:`app.embedded.Cluster`, the
+    demo's own) on a free port, as user postgres when run as root; a test may stop it and start
+    it again on the same port."""
+    bindir = pg_bindir()
+    if bindir is None:
+        pytest.fail("no initdb found: install postgresql (scripts/services does)")
+    cluster = Cluster.for_this_user(bindir, tmp_path_factory.mktemp("pg"), options="-c fsync=off")
+    cluster.prepare()
     cluster.start()
     yield cluster
-    with contextlib.suppress(subprocess.CalledProcessError):
-        cluster.stop("immediate")
-    time.sleep(0.1)
+    cluster.stop("immediate")

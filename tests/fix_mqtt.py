@@ -1,4 +1,5 @@
-"""Mosquitto fixtures: the machine's broker, a private broker a test may restart, a publisher.
+"""Mosquitto fixtures: the machine's broker, a private broker a test may restart (the same
+:class:`app.embedded.Mosquitto` the demo and the benchmarks start), a publisher.
 
 ``SOBRIETY_TEST_MQTT_URL`` (default ``mqtt://127.0.0.1:1883``) names the shared broker; an
 unreachable broker stops the run at once with a clear message (never a skip).
@@ -6,12 +7,8 @@ unreachable broker stops the run at once with a clear message (never a skip).
 
 from __future__ import annotations
 
-import getpass
 import os
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -23,14 +20,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from app.embedded import Mosquitto, free_port, mosquitto_binary
+
+__all__ = ["PrivateBroker", "Publisher", "free_port", "wait_port", "wait_until"]
+
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout_s: float = 10.0) -> None:
@@ -40,7 +34,7 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
-        time.sleep(0.05)
+        time.sleep(0.05)  # polls: a port that starts listening sends no event
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
@@ -60,72 +54,17 @@ def mqtt_url() -> str:
     return url
 
 
-def mosquitto_binary() -> str:
-    """Path of the mosquitto executable."""
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if found is None:
-        pytest.fail("mosquitto not installed: run scripts/services")
-    return found
-
-
-class PrivateBroker:
-    """A Mosquitto of the test's own, with persistence, that the test can restart.
-
-    Its limits are those of ``deploy/mosquitto/mosquitto.conf`` (no silent drops of queued
-    messages), not Debian's defaults.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        conf = directory / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {directory}/\n"
-            "autosave_interval 1\n"
-            "max_queued_messages 2000000\n"
-            "max_queued_bytes 0\n"
-            "max_inflight_messages 1000\n"
-            f"log_dest file {directory}/mosquitto.log\n"
-            f"user {getpass.getuser()}\n"
-        )
-        self.conf = conf
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        """Clean stop (SIGTERM): the broker saves sessions and queued messages."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        self.proc = None
-
-    def log(self) -> str:
-        path = self.directory / "mosquitto.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+PrivateBroker = Mosquitto
+"""A Mosquitto of the test's own (:class:`app.embedded.Mosquitto`, the demo's own): persistence,
+the limits of ``deploy/mosquitto`` (no silent drops), restartable on the same port."""
 
 
 @pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+def private_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A started private broker, stopped after the test."""
-    directory = tmp_path / "broker"
-    directory.mkdir()
-    broker = PrivateBroker(directory)
+    if mosquitto_binary() is None:
+        pytest.fail("mosquitto not installed: run scripts/services")
+    broker = Mosquitto(tmp_path / "broker")
     broker.start()
     yield broker
     broker.stop()

@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from anomaly.config import AnomalyConfig
 from anomaly.service import AnomalyService, Scanner
+from app.cli import main
+from core.clock import FixedClock
 from simulators.history import FixedLeak, HistoryScenario, HistoryTruth, write_history
-from sobriety.cli import main
-from sobriety.clock import FixedClock
-from sobriety.config import AnomalyConfig
 
 pytestmark = pytest.mark.services
 
@@ -47,7 +47,7 @@ def history(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     tuple[str, HistoryTruth]
 ]:  # fmt: skip
     """A migrated database holding the test history, for this module."""
-    from sobriety.db import upgrade
+    from core.db import upgrade
 
     name = "sobriety_test_anomaly"
     with psycopg.connect(server_url, autocommit=True) as admin:

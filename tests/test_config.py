@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sobriety.config import load_config
-from sobriety.errors import ConfigError
+from app.config import load_config
+from core.errors import ConfigError
+from ingest.config import IngestConfig
 
 
 def test_defaults() -> None:
@@ -26,7 +27,7 @@ def test_flags_over_environment_over_file(tmp_path: Path) -> None:
     config = load_config(path, env=env, overrides={"mqtt": {"url": "mqtt://flag:1883"}})
     assert config.mqtt.url == "mqtt://flag:1883"
     assert config.mqtt.root == "town/v1"
-    assert config.ingest.batch_rows == 77
+    assert config.section(IngestConfig).batch_rows == 77
     assert config.metrics.port == 9200
     assert load_config(path, env=env).mqtt.url == "mqtt://env:1883"
 

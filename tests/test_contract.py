@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sobriety.contract import (
+from core.contract import (
     METRICS,
     TopicParts,
     build_topic,
@@ -12,7 +12,7 @@ from sobriety.contract import (
     unit_conversion,
     uplink_filter,
 )
-from sobriety.errors import RejectReason, TopicError
+from core.errors import RejectReason, TopicError
 
 
 def test_parse_topic() -> None:

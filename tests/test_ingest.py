@@ -12,9 +12,9 @@ import orjson
 import psycopg
 import pytest
 
+from app.cli import main
+from core.config import Config
 from ingest.service import IngestService
-from sobriety.cli import main
-from sobriety.config import Config
 from tests.fix_db import count_readings, register
 from tests.fix_ingest import make_config
 from tests.fix_mqtt import Publisher, free_port, wait_until
@@ -81,8 +81,8 @@ def test_published_readings_are_stored_in_canonical_units(
         (site,),
     ).fetchall()
     assert seen == [("fm-1", True), ("lum-1", True)]
-    assert service.metrics.received._value.get() == 2
-    assert service.metrics.stored._value.get() == 3
+    assert service.metrics.value("messages_received_total") == 2
+    assert service.metrics.value("readings_stored_total") == 3
     pub.close()
 
 
@@ -100,8 +100,10 @@ def test_duplicate_deliveries_are_stored_once(
     payload = orjson.dumps([{"bn": "wm-1:", "bt": time.time(), "n": "volume", "v": 12.5}])
     pub = Publisher(mqtt_url)
     pub.publish([(f"{root}/{site}/wm-1/up", payload)] * 5)
-    wait_until(lambda: service.metrics.received._value.get() == 5, 10, "5 messages received")
-    wait_until(lambda: service.metrics.duplicates._value.get() == 4, 10, "4 duplicates")
+    wait_until(
+        lambda: service.metrics.value("messages_received_total") == 5, 10, "5 messages received"
+    )
+    wait_until(lambda: service.metrics.value("readings_duplicate_total") == 4, 10, "4 duplicates")
     assert count_readings(conn, site) == 1
     pub.close()
 
@@ -149,7 +151,7 @@ def test_every_rejection_is_stored_counted_and_listed(
         assert stored[reason][1] == payload[:4096]
     wait_until(lambda: count_readings(conn, site) == 1, 10, "the good message stored")
     for reason in expected:
-        assert service.metrics.rejected.labels(reason=reason)._value.get() == 1
+        assert service.metrics.value("messages_rejected_total", reason=reason) == 1
     monkeypatch.setenv("SOBRIETY_DB_URL", db_url)
     assert main(["rejected", "--site", site, "--format", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)

@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sobriety.errors import InventoryError
-from sobriety.inventory import import_inventory
+from core.errors import InventoryError
+from core.inventory import import_inventory
 
 pytestmark = pytest.mark.services
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sobriety.errors import PayloadError, RejectReason
-from sobriety.payloads import RawRecord, decode, encode_senml, names_device, split_name
+from core.errors import PayloadError, RejectReason
+from core.payloads import RawRecord, decode, encode_senml, names_device, split_name
 
 GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.json"))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from core.errors import RejectReason
 from ingest.pipeline import Limits, Pipeline
-from sobriety.errors import RejectReason
 
 NOW = 1767225600.0
 ROOT = "sobriety/v1"

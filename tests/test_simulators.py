@@ -16,12 +16,13 @@ import pytest
 from numpy.testing import assert_allclose
 from paho.mqtt.enums import CallbackAPIVersion
 
+from core.errors import ConfigError
+from core.inventory import import_inventory
+from core.messages import LightingProgram
 from ingest.service import IngestService
 from simulators import Fleet, build_town, load_scenario, packaged_scenario, physics, write_inventory
 from simulators.fleet import SiteModel
-from simulators.scenario import Program, Scenario
-from sobriety.errors import ConfigError
-from sobriety.inventory import import_inventory
+from simulators.scenario import Scenario
 from tests.fix_ingest import make_config
 from tests.fix_mqtt import wait_until
 
@@ -101,7 +102,7 @@ def test_program_levels_across_the_spring_dst_night() -> None:
     scenario = small_scenario("dst/v1")
     town = build_town(scenario, 1)
     model = SiteModel(town.sites[0], scenario, 0.0, np.random.default_rng(0))
-    program = Program(steps=[("22:00", 70.0), ("23:30", 40.0), ("05:30", 70.0)])
+    program = LightingProgram(steps=[("22:00", 70.0), ("23:30", 40.0), ("05:30", 70.0)])
 
     def level(y: int, mo: int, d: int, h: int, mi: int) -> float:
         return model.program_level(program, datetime(y, mo, d, h, mi, tzinfo=PARIS).timestamp())
@@ -218,7 +219,7 @@ def test_stored_readings_match_what_the_town_sent(
         "timestamp_out_of_window",
     }
     assert truth.faults["duplicate"] == 2
-    assert service.metrics.duplicates._value.get() > 0  # the duplicates came, stored once
+    assert service.metrics.value("readings_duplicate_total") > 0  # the duplicates came, stored once
     assert truth.leaks[0]["final_flow_m3h"] == 1.0
     assert truth.energy_wh[f"{site}/cab-00"] > 0
     truth.write(tmp_path / "truth.json")
@@ -321,8 +322,8 @@ def test_simulate_command_writes_inventory_and_truth(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from app.cli import main
     from simulators.truth import Truth
-    from sobriety.cli import main
 
     site = root.split("/")[0][-10:] + "c"
     scenario = tmp_path / "town.toml"

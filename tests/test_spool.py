@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import RejectReason
 from ingest.pipeline import Rejection
 from ingest.spool import Spool, SpoolFullError, decode_frame, encode_frame
-from sobriety.errors import RejectReason
 
 
 def rejection() -> Rejection:

@@ -5,6 +5,7 @@ The columns tell which file it is: a ``device`` column makes a devices file; ``d
 gives ``lon``/``lat``. Sites are created as they appear. Importing the same file twice changes
 nothing (rows are compared, not rewritten). Every error names the file, the line (the feature
 number for GeoJSON) and the column; nothing is written unless the whole file is valid.
+:func:`write_inventory_csv` writes the files this import reads (the simulators use it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,22 +21,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from sobriety.contract import valid_segment
-from sobriety.errors import InventoryError
+from core.contract import DEVICE_KINDS, FLOW_METER_ROLES, valid_segment
+from core.errors import InventoryError
 
-KINDS = frozenset(
-    {
-        "luminaire",
-        "cabinet_meter",
-        "flow_meter",
-        "pressure_sensor",
-        "water_meter",
-        "pump_meter",
-        "facility_meter",
-        "it_meter",
-    }
-)
-FLOW_METER_ROLES = frozenset({"inlet", "outlet"})
 _MAX_ERRORS = 20
 
 # column -> (parser, database column)
@@ -87,6 +75,31 @@ _DMA_COLUMNS: dict[str, tuple[_Parser, str]] = {
     "private_km": (_number(0, 1e6), "private_km"),
     "avg_pressure_m": (_number(0, 1e4), "avg_pressure_m"),
 }
+
+
+DEVICE_FILE_COLUMNS = (
+    "site", "device", "kind", "dma", "role", "lat", "lon", "group", "lighting_class",
+    "nominal_power_w",
+)  # fmt: skip
+"""Columns of a devices file, in the order :func:`write_inventory_csv` writes them."""
+DMA_FILE_COLUMNS = (
+    "site", "dma", "name", "mains_km", "connections", "private_km", "avg_pressure_m",
+)  # fmt: skip
+"""Columns of a DMAs file."""
+
+
+def write_inventory_csv(
+    path: Path, rows: Iterable[Mapping[str, object]], columns: Sequence[str]
+) -> Path:
+    """Write an inventory CSV file with the header ``columns`` (a missing or None value is an
+    empty cell); the directory is created. Returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(columns)
+        for row in rows:
+            out.writerow(["" if row.get(c) is None else row[c] for c in columns])
+    return path
 
 
 @dataclass
@@ -183,9 +196,9 @@ def _parse_row(
 
 
 def _check_device(where: str, rec: dict[str, Any]) -> None:
-    if rec["kind"] not in KINDS:
+    if rec["kind"] not in DEVICE_KINDS:
         raise InventoryError(
-            f"{where}, column kind: {rec['kind']!r} is not one of {', '.join(sorted(KINDS))}"
+            f"{where}, column kind: {rec['kind']!r} is not one of {', '.join(sorted(DEVICE_KINDS))}"
         )
     if rec["dma"] is not None and not valid_segment(rec["dma"]):
         raise InventoryError(f"{where}, column dma: {rec['dma']!r} is not an id")

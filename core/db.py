@@ -1,11 +1,13 @@
 """Database access and migrations.
 
-Migrations are the ordered ``migrations/NNNN_name.sql`` files, applied once each and recorded in
-``schema_migrations``. ``upgrade`` holds a transaction-level advisory lock, so two processes running
-it at once apply each migration once, and running it again changes nothing. When the
-``timescaledb`` extension is available, a last step turns ``readings`` into a hypertable with
-compression and (optional) retention policies; without it, plain PostgreSQL with the indexes of
-migration 0001 serves the same queries.
+Migrations are the ordered ``migrations/NNNN_{owner}_{name}.sql`` files — one sequence for the
+whole database, each file named after the stage that owns what it creates (``core``, ``ingest``,
+``anomaly``, ``policies``, ``energy``, ``dashboards``) — applied once each and recorded in
+``schema_migrations`` by version. ``upgrade`` holds a transaction-level advisory lock, so two
+processes running it at once apply each migration once, and running it again changes nothing.
+When the ``timescaledb`` extension is available, a last step turns ``readings`` into a hypertable
+with compression and (optional) retention policies; without it, plain PostgreSQL with the
+indexes of migration 0001 serves the same queries.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
-from sobriety.config import StorageConfig
-from sobriety.errors import SobrietyError
+from core.config import StorageConfig
+from core.errors import SobrietyError
 
 log = logging.getLogger(__name__)
 
+OWNERS = ("core", "ingest", "anomaly", "policies", "energy", "dashboards")
+"""Who may own a migration: the core and the stages that keep tables."""
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x50B1E7  # advisory lock id of the migration runner
 TIMESCALE_VERSION = 1000  # recorded in schema_migrations when the TimescaleDB step ran
@@ -35,22 +39,45 @@ class DatabaseError(SobrietyError):
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One SQL migration file."""
+    """One SQL migration file: its version, the stage that owns it, its name and its SQL."""
 
     version: int
+    owner: str
     name: str
     sql: str
 
+    @property
+    def label(self) -> str:
+        """``NNNN_owner_name``, as ``upgrade`` reports it."""
+        return f"{self.version:04d}_{self.owner}_{self.name}"
+
 
 def migrations() -> list[Migration]:
-    """The packaged migrations, in order."""
-    found = []
-    for entry in resources.files("sobriety.migrations").iterdir():
+    """The packaged migrations, in order; :class:`DatabaseError` for a file that does not name
+    its owner or reuses a version."""
+    found: dict[int, Migration] = {}
+    for entry in resources.files("core.migrations").iterdir():
         match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda m: m.version)
-    return found
+        if not match:
+            continue
+        owner, _, name = match[2].partition("_")
+        if owner not in OWNERS or not name:
+            raise DatabaseError(
+                f"migration {entry.name}: expected NNNN_OWNER_NAME.sql with OWNER one of "
+                f"{', '.join(OWNERS)}"
+            )
+        version = int(match[1])
+        if version in found:
+            raise DatabaseError(f"migration {entry.name}: version {version:04d} used twice")
+        found[version] = Migration(version, owner, name, entry.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+def with_database(conninfo: str, database: str) -> str:
+    """``conninfo`` (a ``postgresql://`` URL) naming another database of the same server."""
+    parts = urlsplit(conninfo)
+    path = "/" + quote(database, safe="")
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
 def redact(conninfo: str) -> str:
@@ -83,8 +110,8 @@ def ensure_database(conninfo: str, timeout_s: float = 5.0) -> bool:
         if "does not exist" not in str(exc):
             raise DatabaseError(f"cannot connect to {redact(conninfo)}: {exc}".strip()) from None
     parts = urlsplit(conninfo)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, parts.fragment))
+    name = unquote(parts.path.lstrip("/"))
+    admin = with_database(conninfo, "postgres")
     with connect(admin, autocommit=True, timeout_s=timeout_s) as conn:
         try:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -123,13 +150,13 @@ def upgrade(conn: psycopg.Connection, storage: StorageConfig | None = None) -> l
         for migration in migrations():
             if migration.version in done:
                 continue
-            log.info("applying migration %04d_%s", migration.version, migration.name)
+            log.info("applying migration %s", migration.label)
             conn.execute(migration.sql.encode())
             conn.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
+                (migration.version, migration.label),
             )
-            applied_now.append(f"{migration.version:04d}_{migration.name}")
+            applied_now.append(migration.label)
         if TIMESCALE_VERSION not in done and timescale_available(conn):
             _apply_timescale(conn, storage)
             applied_now.append("timescaledb")

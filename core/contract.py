@@ -1,8 +1,10 @@
-"""The MQTT contract: topics, canonical metrics and units, physical limits.
+"""The MQTT contract: topics, device kinds, canonical metrics and units, physical limits.
 
 Topics are ``{root}/{site}/{device}/{channel}`` (default root ``sobriety/v1``). Every metric has
 one canonical unit; :func:`unit_conversion` gives the affine map ``canonical = raw * scale +
-offset`` from an accepted alternative unit. Nothing here does I/O.
+offset`` from an accepted alternative unit. The payloads of the ``config``, ``cmd`` and
+``state`` channels are typed in :mod:`core.messages`, those of ``up`` decoded by
+:mod:`core.payloads`. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -11,10 +13,23 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from sobriety.errors import RejectReason, TopicError
+from core.errors import RejectReason, TopicError
 
 DEFAULT_ROOT: Final = "sobriety/v1"
 CHANNELS: Final = frozenset({"up", "state", "config", "cmd"})
+DEVICE_KINDS: Final = (
+    "luminaire",
+    "cabinet_meter",
+    "flow_meter",
+    "pressure_sensor",
+    "water_meter",
+    "pump_meter",
+    "facility_meter",
+    "it_meter",
+)
+"""The kinds of device in an inventory (column ``kind``)."""
+FLOW_METER_ROLES: Final = ("inlet", "outlet")
+"""The role of a flow meter in its DMA (column ``role``)."""
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 

@@ -5,10 +5,10 @@ migrations, the clock and the ``sobriety`` command line. Stages live in their ow
 (``ingest``, ``policies``, ``anomaly``, ``energy``, ``simulators``).
 """
 
-from sobriety.config import Config, load_config
-from sobriety.contract import METRICS, TopicParts, build_topic, parse_topic
-from sobriety.errors import ConfigError, PayloadError, RejectReason, TopicError
-from sobriety.payloads import RawRecord, decode, encode_senml
+from core.config import Config, load_config
+from core.contract import METRICS, TopicParts, build_topic, parse_topic
+from core.errors import ConfigError, PayloadError, RejectReason, TopicError
+from core.payloads import RawRecord, decode, encode_senml
 
 __version__ = "0.1.0"
 

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from sobriety.errors import PayloadError, RejectReason
+from core.errors import PayloadError, RejectReason
 
 RELATIVE_TIME_LIMIT_S = 2**28
 """SenML: times below this many seconds are relative to now (RFC 8428 section 4.5.3)."""

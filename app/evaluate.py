@@ -31,7 +31,11 @@ import numpy as np
 import orjson
 from psycopg import sql
 
+from anomaly.config import AnomalyConfig
 from anomaly.service import Scanner
+from core.arrays import FloatArray
+from core.config import Config
+from core.db import connect, upgrade
 from simulators.history import (
     HistoryScenario,
     HistoryTruth,
@@ -40,9 +44,6 @@ from simulators.history import (
     packaged_history,
     write_history,
 )
-from simulators.physics import FloatArray
-from sobriety.config import AnomalyConfig, Config
-from sobriety.db import connect, upgrade
 
 SIZE_BINS = ((0.0, 0.05), (0.05, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, math.inf))
 TARGETS = {
@@ -360,7 +361,7 @@ def run_evaluation(args: argparse.Namespace, config: Config) -> int:
     if args.days is not None:
         scenario = scenario.model_copy(update={"days": int(args.days)})
     # The detector is told the school holidays, as a commune's configuration would.
-    cfg = config.anomaly.model_copy(
+    cfg = config.section(AnomalyConfig).model_copy(
         update={"holidays": [(first, after) for first, after, _ in scenario.school_holidays]}
     )
     results = [

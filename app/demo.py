@@ -2,7 +2,7 @@
 
 Uses the broker and database it is configured with (``SOBRIETY_MQTT_URL``, ``SOBRIETY_DB_URL``),
 else local ones on 127.0.0.1 when reachable, else embedded ones it starts itself
-(:mod:`sobriety.embedded`). Then: database upgrade, demo town inventory import, the ingest, the
+(:mod:`app.embedded`). Then: database upgrade, demo town inventory import, the ingest, the
 simulated days at full speed, and a summary a technical service understands.
 """
 
@@ -19,13 +19,16 @@ from typing import TextIO
 
 import psycopg
 
-from sobriety.config import Config
-from sobriety.db import connect, ensure_database, redact, upgrade
-from sobriety.errors import RejectReason
-from sobriety.inventory import import_inventory
+from app.embedded import ServiceError, resolve_services
+from app.progress import progress_bar
+from core.config import Config
+from core.db import connect, ensure_database, redact, upgrade
+from core.inventory import import_inventory
+from ingest.config import IngestConfig
+from ingest.service import IngestService
+from simulators import Fleet, build_town, load_scenario, packaged_scenario, write_inventory
 
 log = logging.getLogger("sobriety.demo")
-_REASONS = [r.value for r in RejectReason]
 
 
 @dataclass
@@ -66,10 +69,6 @@ def run_demo(
     prefer_binaries: bool = True,
 ) -> DemoReport:
     """Run the demo; print the summary to ``out``; keep serving until ``stop`` if ``serve``."""
-    from ingest.service import IngestService
-    from simulators import Fleet, build_town, load_scenario, packaged_scenario, write_inventory
-    from sobriety.embedded import resolve_services
-
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="sobriety-demo-")) if workdir is None else workdir
     scratch.mkdir(parents=True, exist_ok=True)
@@ -105,36 +104,35 @@ def run_demo(
             sites,
             devices=len(town.devices),
         )
-        ingest_config = config.model_copy(
-            update={
-                "database": config.database.model_copy(update={"url": services.db_url}),
-                "mqtt": config.mqtt.model_copy(
-                    update={
-                        "url": services.mqtt_url,
-                        "protocol": services.mqtt_protocol,
-                        "root": scenario.root,
-                        "client_id": "sobriety-demo-ingest",
-                        "shared_group": None,
-                        "session_expiry_s": 3600 if serve else 60,
-                    }
-                ),
-                "ingest": config.ingest.model_copy(
-                    update={"spool_dir": scratch / "spool", "workers": 1}
-                ),
-            }
+        ingest_config = config.replace(
+            config.database.model_copy(update={"url": services.db_url}),
+            config.mqtt.model_copy(
+                update={
+                    "url": services.mqtt_url,
+                    "protocol": services.mqtt_protocol,
+                    "root": scenario.root,
+                    "client_id": "sobriety-demo-ingest",
+                    "shared_group": None,
+                    "session_expiry_s": 3600 if serve else 60,
+                }
+            ),
+            config.section(IngestConfig).model_copy(
+                update={"spool_dir": scratch / "spool", "workers": 1}
+            ),
         )
         service = IngestService(ingest_config)
         try:
             service.start()
         except OSError as exc:  # the metrics port is taken: run without the endpoint
             log.warning("metrics endpoint unavailable (%s); continuing without it", exc)
-            ingest_config = ingest_config.model_copy(
-                update={"metrics": ingest_config.metrics.model_copy(update={"port": 0})}
-            )
+            service.stop()
+            no_endpoint = ingest_config.metrics.model_copy(update={"port": 0})
+            ingest_config = ingest_config.replace(no_endpoint)
             service = IngestService(ingest_config)
             service.start()
         try:
-            _wait_connected(service)
+            if not service.subscribed.wait(30.0):
+                raise ServiceError(f"the ingest did not subscribe at {services.mqtt_url}")
             fleet = Fleet(
                 town,
                 services.mqtt_url,
@@ -144,7 +142,8 @@ def run_demo(
                 client_prefix="sobriety-demo",
             )
             fleet.connect()
-            truth = fleet.run(progress=True)
+            with progress_bar("simulating") as progress:
+                truth = fleet.run(progress=progress)
             fleet.wait_published()
             fleet.close()
             report.truth_path = scratch / "truth.json"
@@ -152,13 +151,9 @@ def run_demo(
             report.messages_sent, report.readings_sent = truth.messages, truth.readings
             report.expected_rejections = dict(truth.expected_rejections)
             _wait_ingested(service, truth.readings, sum(truth.expected_rejections.values()))
-            report.readings_stored = int(service.metrics.stored._value.get())
-            report.readings_duplicate = int(service.metrics.duplicates._value.get())
-            report.rejected = {
-                reason: int(n)
-                for reason in _REASONS
-                if (n := service.metrics.rejected.labels(reason=reason)._value.get())
-            }
+            report.readings_stored = int(service.metrics.value("readings_stored_total"))
+            report.readings_duplicate = int(service.metrics.value("readings_duplicate_total"))
+            report.rejected = service.metrics.rejected_by_reason()
             with connect(services.db_url) as conn:
                 _summarise(conn, report, truth.end)
             report.seconds = time.monotonic() - started
@@ -176,32 +171,17 @@ def run_demo(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _wait_connected(service: object, timeout_s: float = 30.0) -> None:
-    from ingest.service import IngestService
-
-    assert isinstance(service, IngestService)
-    deadline = time.monotonic() + timeout_s
-    while service.metrics.broker_connected._value.get() != 1:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the ingest did not connect to the broker")
-        time.sleep(0.05)
-    time.sleep(0.2)
-
-
 def _wait_ingested(
-    service: object, readings: int, rejections: int, timeout_s: float = 300.0
+    service: IngestService, readings: int, rejections: int, timeout_s: float = 300.0
 ) -> None:
     """Wait until the ingest has written as many readings (new or duplicate) and rejections as
     were sent, or nothing has moved for 10 s."""
-    from ingest.service import IngestService
-
-    assert isinstance(service, IngestService)
     metrics = service.metrics
     deadline = time.monotonic() + timeout_s
     last, still_since = -1.0, time.monotonic()
     while time.monotonic() < deadline:
-        done = metrics.stored._value.get() + metrics.duplicates._value.get()
-        rejected = sum(metrics.rejected.labels(reason=r)._value.get() for r in _REASONS)
+        done = metrics.value("readings_stored_total") + metrics.value("readings_duplicate_total")
+        rejected = sum(metrics.rejected_by_reason().values())
         if done >= readings and rejected >= rejections and service.batcher.pending() == 0:
             return
         if done != last:
@@ -209,7 +189,7 @@ def _wait_ingested(
         elif time.monotonic() - still_since > 10.0:
             log.warning("ingest idle with %d of %d readings written", int(done), readings)
             return
-        time.sleep(0.1)
+        time.sleep(0.1)  # polls the ingest's counters: the condition is a count, not an event
 
 
 def _summarise(conn: psycopg.Connection, report: DemoReport, end: float) -> None:

@@ -1,0 +1,129 @@
+"""A ``sobriety`` service in a child process, with a configuration file and a metrics port of its
+own: what the fault tests (kill -9, SIGTERM, restarts) and the benchmarks run the ingest as."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.embedded.procs import free_port
+from core.config import Config
+
+START_TIMEOUT_S = 30.0
+
+
+def config_toml(config: Config) -> str:
+    """``config`` as a TOML file that ``--config`` reads back to the same values."""
+    lines = []
+    for section, values in config.dump().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                lines.append(f"{key} = {str(value).lower()}")
+            elif isinstance(value, str):
+                escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+                lines.append(f'{key} = "{escaped}"')
+            elif isinstance(value, list):
+                lines.append(f"{key} = {value!r}".replace("'", '"'))
+            else:
+                lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+class ServiceProcess:
+    """``sobriety --config FILE COMMAND --metrics-port PORT`` in a child process; its output goes
+    to a log file in ``directory``. ``ready`` names the gauge that is 1 once the service is
+    ready (the ingest: ``sobriety_ingest_subscribed``, set at the SUBACK)."""
+
+    def __init__(
+        self,
+        config: Config,
+        directory: Path,
+        command: Sequence[str] = ("ingest",),
+        ready: str = "sobriety_ingest_subscribed",
+        name: str | None = None,
+    ) -> None:
+        self.metrics_port = free_port()
+        self.directory = directory
+        self.command = list(command)
+        self.ready = ready
+        name = name or config.mqtt.client_id
+        self.config_path = directory / f"{name}.toml"
+        self.config_path.write_text(config_toml(config))
+        self.log_path = directory / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start and wait until the ``ready`` gauge is 1 (the environment's ``SOBRIETY_*``
+        variables are not passed on: the configuration file says everything)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOBRIETY_")}
+        argv = [sys.executable, "-m", "app.cli", "--config", str(self.config_path)]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*argv, *self.command, "--metrics-port", str(self.metrics_port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while self.metric(self.ready) != 1:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"{' '.join(self.command)} not ready:\n{self.log()[-3000:]}")
+            time.sleep(0.05)  # polls the child's metrics endpoint: no event crosses processes
+
+    def metrics(self, port: int | None = None) -> dict[str, float] | None:
+        """Every sample of the metrics endpoint (or of the one on ``port``: worker ``i`` of
+        ``--workers N`` serves on the port + i) by name with its labels (``name{label="v"}``),
+        or None when it does not answer."""
+        url = f"http://127.0.0.1:{port or self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+        return samples
+
+    def metric(self, name: str, port: int | None = None) -> float:
+        """One sample (``name`` with its labels, if any): 0 when absent, -1 when the endpoint
+        does not answer."""
+        samples = self.metrics(port)
+        if samples is None:
+            return -1.0
+        return samples.get(name, 0.0)
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 30) -> int:
+        """SIGTERM; the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        """Make sure it is gone (cleanup after a test)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        """What the process printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,70 @@
+"""``sobriety ingest`` and ``sobriety run``: the services composed in one process (the ingest,
+with the anomaly service in a thread under ``run``) or as ``--workers N`` ingest processes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from anomaly.config import AnomalyConfig
+from core.config import Config
+from ingest.config import IngestConfig
+
+log = logging.getLogger("sobriety")
+
+
+def install_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main_argv() -> list[str]:
+    """This process's command line, to start ingest workers (``--worker i``) with."""
+    return [sys.executable, "-m", "app.cli", *sys.argv[1:]]
+
+
+def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
+    from ingest.service import IngestService
+    from ingest.workers import retire_session, retire_stale_sessions, run_workers, worker_config
+
+    if args.validate_config:
+        print(orjson.dumps(config.dump(), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if args.retire_session:
+        return retire_session(worker_config(config, None, args.retire_session))
+    registry = None
+    if args.command == "run" and args.worker is None:
+        registry = _start_anomaly(config)
+    if args.worker is None:
+        retire_stale_sessions(config, config.section(IngestConfig).workers, main_argv())
+        if config.section(IngestConfig).workers > 1:
+            return run_workers(config, config.section(IngestConfig).workers, main_argv())
+    if args.worker is not None:
+        config = worker_config(config, args.worker)
+    service = IngestService(config, registry=registry)
+    install_signals(service.stopping.set)
+    service.run()
+    return 0
+
+
+def _start_anomaly(config: Config) -> Any:
+    """``sobriety run``: the anomaly service in a thread, its metrics in the ingest's registry."""
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.service import AnomalyService
+
+    registry = CollectorRegistry()
+    service = AnomalyService(config.db_conninfo(), config.section(AnomalyConfig), registry)
+    threading.Thread(target=service.run, name="anomaly", daemon=True).start()
+    return registry

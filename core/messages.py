@@ -1,0 +1,155 @@
+"""Typed payloads of the device channels other than ``up``: ``config`` (service → device,
+retained, versioned), ``cmd`` (service → device, momentary) and ``state`` (device → service,
+retained). The policy engine publishes them and the simulated devices obey them with these same
+models; ``sobriety contract schema`` prints their JSON Schemas for device integrators.
+
+Every model is frozen and refuses unknown keys: a device that receives a payload it cannot
+validate keeps what it was doing and says why on its ``state`` (``config_error``). Units: seconds,
+minutes where the key says ``_min``, levels in % of full light, deadbands in the canonical unit of
+their metric (W, Wh, m³/h, m³, bar, ...; see :data:`core.contract.METRICS`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar
+
+import orjson
+from pydantic import Field, ValidationError, field_validator
+
+from core.contract import METRICS
+from core.models import StrictModel
+
+__all__ = [
+    "Command",
+    "DeviceConfig",
+    "DeviceState",
+    "LightingProgram",
+    "MessageError",
+    "Reporting",
+    "decode_command",
+    "decode_config",
+    "encode",
+]
+
+M = TypeVar("M", bound=StrictModel)
+Level = Annotated[float, Field(ge=0, le=100)]
+"""A light level [% of full light]."""
+
+
+class MessageError(ValueError):
+    """A ``config`` or ``cmd`` payload that a device must refuse; the message says why."""
+
+
+class Reporting(StrictModel):
+    """How a device reports: it samples every ``interval_s`` and sends ``batch`` samples per
+    message (several SenML records); a metric that moved less than its ``deadband`` since the
+    last value sent is skipped (report by exception) unless ``max_silence_s`` has passed."""
+
+    interval_s: int = Field(600, ge=1, le=86400, description="sampling interval [s]")
+    batch: int = Field(1, ge=1, le=100, description="samples per message")
+    deadband: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="per metric, in its canonical unit"
+    )
+    max_silence_s: int = Field(
+        3600, ge=1, description="a value is sent at least this often despite the deadband [s]"
+    )
+
+    @field_validator("deadband")
+    @classmethod
+    def _metrics(cls, deadband: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(deadband) - set(METRICS))
+        if unknown:
+            raise ValueError(
+                f"deadbands of canonical metrics ({', '.join(METRICS)}), not {', '.join(unknown)}"
+            )
+        return deadband
+
+
+def _local_time(text: str) -> str:
+    hours, _, minutes = text.partition(":")
+    if not (
+        len(hours) == 2
+        and len(minutes) == 2
+        and hours.isdigit()
+        and minutes.isdigit()
+        and int(hours) < 24
+        and int(minutes) < 60
+    ):
+        raise ValueError(f"a local time HH:MM, got {text!r}")
+    return text
+
+
+class LightingProgram(StrictModel):
+    """A night's program of a luminaire: on at sunset + ``on_offset_min``, off at sunrise +
+    ``off_offset_min``, and in between the dimming ``steps`` of (local ``"HH:MM"``, level %) — a
+    step holds until the next one, through midnight; before the first step of the night the
+    light is at 100 %. A presence detection raises the level to ``presence_boost`` % for
+    ``presence_hold_s``."""
+
+    on_offset_min: int = Field(0, ge=-720, le=720, description="after sunset [min]")
+    off_offset_min: int = Field(0, ge=-720, le=720, description="after sunrise [min]")
+    steps: tuple[tuple[str, Level], ...] = Field(
+        (("22:00", 70.0), ("23:30", 40.0), ("05:30", 70.0)),
+        description='dimming steps: ["HH:MM" local time, level %]',
+    )
+    presence_boost: Level = 100.0
+    presence_hold_s: int = Field(120, ge=0, description="hold time after a detection [s]")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+        for when, _level in steps:
+            _local_time(when)
+        return steps
+
+
+class DeviceConfig(StrictModel):
+    """The retained ``config`` of a device: what it should do until the next ``version``.
+    A part left out (``reporting``, ``lighting``) leaves the device's current one in force."""
+
+    version: int = Field(..., ge=0, description="increases with every change")
+    reporting: Reporting | None = None
+    lighting: LightingProgram | None = None
+
+
+class Command(StrictModel):
+    """A momentary ``cmd``: hold the light at ``dim`` % for ``duration_s``, then return to the
+    program (luminaires)."""
+
+    dim: Level = Field(..., description="light level [%]")
+    duration_s: float = Field(3600.0, gt=0, le=7 * 86400, description="how long [s]")
+
+
+class DeviceState(StrictModel):
+    """The retained ``state`` of a device or gateway: online (a gateway's last will says
+    ``false``), the version of the config it applied, and why it refused the last one."""
+
+    online: bool
+    config_version: int | None = Field(None, ge=0)
+    config_error: str | None = None
+
+
+def _decode(model: type[M], payload: bytes) -> M:
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise MessageError(problems) from None
+
+
+def decode_config(payload: bytes) -> DeviceConfig:
+    """A ``config`` payload; :class:`MessageError` saying what is wrong."""
+    return _decode(DeviceConfig, payload)
+
+
+def decode_command(payload: bytes) -> Command:
+    """A ``cmd`` payload; :class:`MessageError` saying what is wrong."""
+    return _decode(Command, payload)
+
+
+def encode(message: DeviceConfig | Command | DeviceState) -> bytes:
+    """The JSON payload of a message (keys left at None are omitted)."""
+    return orjson.dumps(message.model_dump(mode="json", exclude_none=True))

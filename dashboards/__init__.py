@@ -1,0 +1,1 @@
+"""dashboards stage (to come: see README.md)."""
