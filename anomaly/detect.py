@@ -87,6 +87,10 @@ class Episode:
         return (self.start_after + self.start_before) / 2.0
 
 
+_EXP_MAX = 700.0  # math.exp overflows a float above ~709.78
+_HUGE = 1e300
+
+
 def cusum_threshold(k_sigma: float, arl0: float) -> float:
     """Like :func:`_cusum_threshold`, cached on ``k_sigma`` rounded to 0.01 σ (solving takes
     ~20 µs and the detectors ask once per sample)."""
@@ -103,6 +107,8 @@ def _cusum_threshold(k_sigma: float, arl0: float) -> float:
 
     def arl(h: float) -> float:
         b = 2.0 * k_sigma * (h + 1.166)
+        if b > _EXP_MAX:  # exp(b) overflows: the run length is astronomically long
+            return _HUGE
         return (math.exp(b) - b - 1.0) / (2.0 * k_sigma**2) - arl0
 
     if arl(0.0) >= 0:

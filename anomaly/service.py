@@ -28,10 +28,11 @@ from anomaly.detect import BurstParams, Episode, StepParams, detect_bursts, dete
 from anomaly.nights import EPOCH, Nights, nan_to_none, night_series
 from core.clock import Clock, SystemClock, utc
 from core.db import connect
+from core.errors import SobrietyError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("leak", "data_gap", "continuous_flow", "high_consumption")
+ALERT_KINDS = ("leak", "data_gap", "continuous_flow", "high_consumption")
 
 
 class AnomalyMetrics:
@@ -62,7 +63,14 @@ class AnomalyMetrics:
             subsystem=sub,
             registry=registry,
         )
-        for kind in KINDS:
+        self.scan_failures = Counter(
+            "scan_failures",
+            "Periodic scans that failed (database unreachable, ...) and were retried.",
+            namespace=ns,
+            subsystem=sub,
+            registry=registry,
+        )
+        for kind in ALERT_KINDS:
             self.active.labels(kind=kind)
             self.opened.labels(kind=kind)
 
@@ -234,7 +242,7 @@ class Scanner:
         """Set the active-alert gauges from the table."""
         if self.metrics is None:
             return
-        counts = dict.fromkeys(KINDS, 0)
+        counts = dict.fromkeys(ALERT_KINDS, 0)
         for kind, count in conn.execute(
             "SELECT kind, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY kind"
         ):
@@ -394,6 +402,7 @@ class AnomalyService:
         self.scanner = Scanner(cfg, self.metrics)
         self._stop = threading.Event()
         self.scans = 0
+        self.failures = 0
 
     def run_once(self) -> ScanReport:
         """One scan of the recent period."""
@@ -406,13 +415,22 @@ class AnomalyService:
         return report
 
     def run(self) -> None:
-        """Scan until :meth:`stop`; a failed scan is logged and retried next interval."""
+        """Scan until :meth:`stop`; a failed scan is logged, counted and retried next interval
+        (the service must outlive a database outage: under ``sobriety run`` it is a thread)."""
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except (psycopg.Error, OSError) as exc:
+            except (SobrietyError, psycopg.Error, OSError) as exc:
+                self.failures += 1
+                if self.metrics is not None:
+                    self.metrics.scan_failures.inc()
                 log.warning("anomaly scan failed (%s); next try in %.0f s", exc,
                             self.cfg.interval_s)  # fmt: skip
+            except Exception:
+                self.failures += 1
+                if self.metrics is not None:
+                    self.metrics.scan_failures.inc()
+                log.exception("anomaly scan failed; next try in %.0f s", self.cfg.interval_s)
             self._stop.wait(self.cfg.interval_s)
 
     def stop(self) -> None:

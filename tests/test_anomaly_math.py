@@ -50,6 +50,10 @@ def test_cusum_threshold_known_value_and_monotone() -> None:
     assert 4.8 < cusum_threshold(0.5, 930.0) < 5.2
     assert cusum_threshold(0.5, 2000.0) > cusum_threshold(0.5, 500.0)
     assert cusum_threshold(5.0, 1000.0) == 0.0  # so large a reference needs no accumulation
+    # A reference hundreds of noise scales away (a big minimum burst over a quiet, steady
+    # flow) must not overflow exp(): it needs no accumulation either.
+    assert cusum_threshold(400.0, 2000.0 * 24) == 0.0
+    assert cusum_threshold(0.01, 1e300) > 0.0
     with pytest.raises(ValueError, match="k_sigma"):
         cusum_threshold(0.0, 100.0)
 
