@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from core.errors import RejectReason, TopicError
 
@@ -112,6 +112,11 @@ METRICS: Final[dict[str, Metric]] = {
     )
 }
 METRICS_BY_ID: Final[dict[int, Metric]] = {m.id: m for m in METRICS.values()}
+MetricName = Literal[
+    "flow", "volume", "pressure", "level", "power", "energy", "dim", "illuminance",
+    "temperature", "presence",
+]  # fmt: skip
+"""A canonical metric's name, as a type (the keys of :data:`METRICS`)."""
 
 # (scale, offset): canonical = raw * scale + offset. Keys are the units devices may send;
 # the canonical unit itself is listed so that it is accepted explicitly.

@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Annotated, TypeVar
 
 import orjson
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, StringConstraints, ValidationError
 
-from core.contract import METRICS
+from core.contract import MetricName
 from core.models import StrictModel
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
 M = TypeVar("M", bound=StrictModel)
 Level = Annotated[float, Field(ge=0, le=100)]
 """A light level [% of full light]."""
+LocalTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+"""A local time of day, ``HH:MM`` (24 h)."""
 
 
 class MessageError(ValueError):
@@ -47,36 +49,12 @@ class Reporting(StrictModel):
 
     interval_s: int = Field(600, ge=1, le=86400, description="sampling interval [s]")
     batch: int = Field(1, ge=1, le=100, description="samples per message")
-    deadband: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=dict, description="per metric, in its canonical unit"
+    deadband: dict[MetricName, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="per canonical metric, in its canonical unit"
     )
     max_silence_s: int = Field(
         3600, ge=1, description="a value is sent at least this often despite the deadband [s]"
     )
-
-    @field_validator("deadband")
-    @classmethod
-    def _metrics(cls, deadband: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(deadband) - set(METRICS))
-        if unknown:
-            raise ValueError(
-                f"deadbands of canonical metrics ({', '.join(METRICS)}), not {', '.join(unknown)}"
-            )
-        return deadband
-
-
-def _local_time(text: str) -> str:
-    hours, _, minutes = text.partition(":")
-    if not (
-        len(hours) == 2
-        and len(minutes) == 2
-        and hours.isdigit()
-        and minutes.isdigit()
-        and int(hours) < 24
-        and int(minutes) < 60
-    ):
-        raise ValueError(f"a local time HH:MM, got {text!r}")
-    return text
 
 
 class LightingProgram(StrictModel):
@@ -88,19 +66,12 @@ class LightingProgram(StrictModel):
 
     on_offset_min: int = Field(0, ge=-720, le=720, description="after sunset [min]")
     off_offset_min: int = Field(0, ge=-720, le=720, description="after sunrise [min]")
-    steps: tuple[tuple[str, Level], ...] = Field(
+    steps: tuple[tuple[LocalTime, Level], ...] = Field(
         (("22:00", 70.0), ("23:30", 40.0), ("05:30", 70.0)),
         description='dimming steps: ["HH:MM" local time, level %]',
     )
     presence_boost: Level = 100.0
     presence_hold_s: int = Field(120, ge=0, description="hold time after a detection [s]")
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, steps: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
-        for when, _level in steps:
-            _local_time(when)
-        return steps
 
 
 class DeviceConfig(StrictModel):

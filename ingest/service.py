@@ -41,6 +41,10 @@ from ingest.spool import Spool, SpoolFullError, decode_frame, encode_frame
 from ingest.store import Store
 
 log = logging.getLogger("sobriety.ingest")
+DISCONNECT_TIMEOUT_S = 5.0
+"""How long a stop waits for the broker's UNSUBACK and for the DISCONNECT to be written."""
+_BARRIER_FILTER = "$sobriety-ingest-barrier/none"
+"""A filter never subscribed: unsubscribing from it is a round trip that changes nothing."""
 
 
 class InventoryCache:
@@ -204,6 +208,8 @@ class IngestService:
         self._db_backoff = 0.5
         self._db_up: bool | None = None  # unknown until the first write
         self.subscribed = threading.Event()  # set at the SUBACK, cleared on disconnect
+        self._disconnected = threading.Event()
+        self._unsubscribed = threading.Event()
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
         self._http: Any = None
@@ -234,6 +240,7 @@ class IngestService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = lambda *_args: self._unsubscribed.set()
         return client
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
@@ -267,6 +274,7 @@ class IngestService:
         self.subscribed.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._disconnected.set()
         self.subscribed.clear()
         self.metrics.subscribed.set(0)
         self.metrics.broker_connected.set(0)
@@ -444,8 +452,7 @@ class IngestService:
             if end_session and self.config.mqtt.protocol == "5":
                 props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = 0
-            self._client.disconnect(properties=props)
-            self._client.loop_stop()
+            self._close_session(self._client, props)
         self.store.close()
         if self._http is not None:
             server, thread = self._http
@@ -453,6 +460,25 @@ class IngestService:
             server.server_close()
             thread.join(timeout=5)
         log.info("ingest stopped")
+
+    def _close_session(self, client: mqtt.Client, props: Properties | None) -> None:
+        """Make the broker take our last PUBACKs, then disconnect.
+
+        A broker reads a connection's packets in order: once it answers an UNSUBSCRIBE (of a
+        filter we never used) sent after the PUBACKs, it has processed them — a new connection
+        of the same session (a restart right after) cannot overtake them, and what we stored is
+        not delivered again. Then wait until the DISCONNECT is written: ``loop_stop()`` ends the
+        network thread at once.
+        """
+        if self.metrics.value("broker_connected") == 1:
+            self._unsubscribed.clear()
+            client.unsubscribe(_BARRIER_FILTER)
+            if not self._unsubscribed.wait(DISCONNECT_TIMEOUT_S):
+                log.warning("no UNSUBACK from the broker before disconnecting")
+        self._disconnected.clear()
+        client.disconnect(properties=props)
+        self._disconnected.wait(DISCONNECT_TIMEOUT_S)
+        client.loop_stop()
 
     def run(self) -> None:
         """Start, wait for :attr:`stopping` (set by SIGTERM/SIGINT), stop."""

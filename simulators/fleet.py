@@ -91,6 +91,11 @@ class Fleet:
         self._t = self.t0
         self.log: list[tuple[str, bytes]] | None = None  # set to a list to record what is sent
 
+    @property
+    def now(self) -> float:
+        """The simulated time [s since the epoch]: the step being played."""
+        return self._t
+
     # --- set-up --------------------------------------------------------------------------------
     def _gateway(self, site: str, name: str) -> Gateway:
         gateway = Gateway(

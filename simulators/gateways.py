@@ -56,6 +56,7 @@ class Gateway:
         self._acks = threading.Condition()
         self._subscribed = threading.Event()
         self._synced = threading.Event()
+        self._disconnected = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)
@@ -64,6 +65,7 @@ class Gateway:
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_disconnect = lambda *_args: self._disconnected.set()
         self.client = client
 
     @property
@@ -131,7 +133,10 @@ class Gateway:
                     raise TimeoutError(f"{self.name}: {self._acked}/{self.sent} acknowledged")
                 self._acks.wait(min(left, 1.0))
 
-    def close(self) -> None:
-        """Disconnect cleanly (the retained state stays as last published)."""
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Disconnect cleanly: the retained state stays as last published (a connection closed
+        without DISCONNECT would publish the last will, offline)."""
+        self._disconnected.clear()
         self.client.disconnect()
+        self._disconnected.wait(timeout_s)  # loop_stop() would end the thread before it is sent
         self.client.loop_stop()

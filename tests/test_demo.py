@@ -108,8 +108,8 @@ def test_demo_serve_keeps_running_until_stopped(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, out.getvalue()
         assert runner.is_alive(), out.getvalue()
         time.sleep(0.1)
-    time.sleep(1.0)
-    assert runner.is_alive()  # still serving
+    runner.join(timeout=1.0)
+    assert runner.is_alive()  # still serving a second later
     stop.set()
     runner.join(timeout=60)
     assert not runner.is_alive()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Callable
@@ -11,9 +12,11 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main
 from core.config import Config
+from core.errors import RejectReason
 from ingest.service import IngestService
 from tests.fix_db import count_readings, register
 from tests.fix_ingest import make_config
@@ -174,10 +177,11 @@ def test_repeated_bad_message_counts_in_times_seen(
     register(conn, site, ("lum-1", "luminaire"))
     run_ingest(make_config(db_url, mqtt_url, tmp_path, root, ingest={"batch_ms": 20}))
     pub = Publisher(mqtt_url)
-    for _ in range(3):
+    for seen in (1, 2, 3):  # one after the other, each stored before the next is sent
         pub.publish([(f"{root}/{site}/lum-1/up", b"garbage")])
-        time.sleep(0.1)
-    wait_until(lambda: [r[3] for r in rejected(conn, site)] == [3], 10, "times_seen = 3")
+        wait_until(
+            lambda n=seen: [r[3] for r in rejected(conn, site)] == [n], 10, f"times_seen {seen}"
+        )
     pub.close()
 
 
@@ -294,22 +298,35 @@ def test_import_then_export_round_trips(
     assert "3 lines, 0 readings stored, 3 already present, 0 rejected" in capsys.readouterr().out
 
 
-def test_metrics_endpoint_serves_the_contract(
+def _documented_metrics() -> set[str]:
+    """The ``sobriety_ingest_*`` names listed under "Metrics" in ingest/README.md."""
+    text = (Path(__file__).resolve().parent.parent / "ingest" / "README.md").read_text()
+    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"`(sobriety_ingest_[a-z_]+)(?:\{[a-z]+\})?`", section))
+
+
+def test_metrics_endpoint_serves_the_documented_metrics(
     db_url: str, mqtt_url: str, tmp_path: Path, root: str, run_ingest: RunIngest
 ) -> None:
     port = free_port()
     run_ingest(make_config(db_url, mqtt_url, tmp_path, root, metrics={"port": port}))
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    for name in (
-        "sobriety_ingest_messages_received_total",
-        "sobriety_ingest_readings_stored_total",
-        'sobriety_ingest_messages_rejected_total{reason="invalid_json"}',
-        "sobriety_ingest_batch_write_seconds_bucket",
-        "sobriety_ingest_spool_bytes",
-        "sobriety_ingest_reading_lag_seconds_bucket",
-    ):
-        assert name in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    served = {
+        name
+        for name in families
+        if name.startswith("sobriety_ingest_") and not name.endswith("_created")
+    }
+    documented = {name.removesuffix("_total") for name in _documented_metrics()}
+    assert len(documented) >= 12
+    assert served == documented, "ingest/README.md and /metrics disagree"
+    for name in _documented_metrics():  # counters are documented with their _total sample
+        family = families[name.removesuffix("_total")]
+        assert name.endswith("_total") == (family.type == "counter"), name
+    rejected = families["sobriety_ingest_messages_rejected"]
+    reasons = {s.labels["reason"] for s in rejected.samples if s.name.endswith("_total")}
+    assert reasons == {r.value for r in RejectReason}  # every reason present from the start
 
 
 def test_bad_configuration_exits_2_naming_the_key(

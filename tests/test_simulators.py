@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -16,13 +18,15 @@ import pytest
 from numpy.testing import assert_allclose
 from paho.mqtt.enums import CallbackAPIVersion
 
+from app.embedded import Mosquitto
 from core.errors import ConfigError
 from core.inventory import import_inventory
 from core.messages import LightingProgram
 from ingest.service import IngestService
 from simulators import Fleet, build_town, load_scenario, packaged_scenario, physics, write_inventory
-from simulators.fleet import SiteModel
+from simulators.gateways import Gateway, Inbound
 from simulators.scenario import Scenario
+from simulators.site_model import SiteModel
 from tests.fix_ingest import make_config
 from tests.fix_mqtt import wait_until
 
@@ -263,47 +267,69 @@ def test_devices_apply_a_pushed_config(
         speed=7200.0,
     )
     town = fleet.town.sites[0]
-    target = next(d for d, p in zip(town.luminaires, town.lum_presence, strict=True) if not p)
+    plain = [d for d, p in zip(town.luminaires, town.lum_presence, strict=True) if not p]
+    target, refused, early = plain[:3]
+    pusher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cfg-{time.monotonic_ns()}")
+    broker = urlsplit(mqtt_url)
+    pusher.connect(broker.hostname or "127.0.0.1", broker.port or 1883)
+    pusher.loop_start()
+
+    def push(device: str, config: object) -> None:
+        body = config if isinstance(config, bytes) else orjson.dumps(config)
+        topic = f"{root}/{site}/{device}/config"
+        pusher.publish(topic, body, qos=1, retain=True).wait_for_publish(5)
+
+    # Retained before the devices connect: applied from the first step on.
+    push(early, {"version": 3, "reporting": {"interval_s": 180, "batch": 1}})
     fleet.connect()
     runner = threading.Thread(target=fleet.run)
     runner.start()
-    time.sleep(2.0)  # about 4 simulated hours with the default program
-    pusher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cfg-{time.monotonic_ns()}")
-    pusher.connect("127.0.0.1", 1883)
-    pusher.loop_start()
+    # Push four simulated hours in (16:00 local: the run starts at noon), before sunset.
+    wait_until(lambda: fleet.now >= start + 4 * 3600, 30, "the fleet at 16:00 local")
     config = {
         "version": 7,
         "reporting": {"interval_s": 120, "batch": 1},
         "lighting": {"steps": [["12:00", 25.0]], "on_offset_min": -600},
     }
-    pushed_at = fleet._t
-    pusher.publish(
-        f"{root}/{site}/{target}/config", orjson.dumps(config), qos=1, retain=True
-    ).wait_for_publish(5)
+    pushed_at = fleet.now
+    push(target, config)
+    push(refused, {"version": 8, "reporting": {"interval_s": 120, "batch": 0}})
     runner.join(timeout=60)
     fleet.wait_published()
     fleet.close()
-    states: list[bytes] = []
-    pusher.on_message = lambda _c, _u, m: states.append(m.payload)
-    pusher.subscribe(f"{root}/{site}/{target}/state", qos=1)
-    wait_until(lambda: states, 10, "retained state")
-    assert orjson.loads(states[-1]) == {"online": True, "config_version": 7}
-    pusher.publish(f"{root}/{site}/{target}/config", b"", qos=1, retain=True).wait_for_publish(5)
+    states: dict[str, dict[str, object]] = {}
+    pusher.on_message = lambda _c, _u, m: states.update({m.topic: orjson.loads(m.payload)})
+    pusher.subscribe(f"{root}/{site}/+/state", qos=1)
+
+    def state(device: str) -> dict[str, object] | None:
+        return states.get(f"{root}/{site}/{device}/state")
+
+    wait_until(lambda: all(state(d) for d in (target, refused, early)), 10, "retained states")
+    assert state(target) == {"online": True, "config_version": 7}
+    assert state(early) == {"online": True, "config_version": 3}
+    refusal = state(refused)
+    assert refusal is not None
+    assert refusal["config_version"] == 0  # still the built-in program
+    assert "batch" in str(refusal["config_error"])
+    for device in (target, refused, early):
+        push(device, b"")
     pusher.disconnect()
     pusher.loop_stop()
 
-    def series(metric: str) -> list[tuple[float, float]]:
+    def series(metric: str, device: str = target) -> list[tuple[float, float]]:
         return [
             (t.timestamp(), v)
             for t, v in conn.execute(
                 "SELECT time, value FROM api.readings WHERE site = %s AND device = %s AND "
                 "metric = %s ORDER BY time",
-                (site, target, metric),
+                (site, device, metric),
             )
         ]
 
     wait_until(lambda: len(series("dim")) > 10, 30, "the device's readings")
     dims = series("dim")
+    assert set(np.diff([t for t, _ in series("dim", early)])) == {180.0}  # from the start
+    assert set(np.diff([t for t, _ in series("dim", refused)])) == {600.0}  # config refused
     before = [t for t, _ in dims if t < pushed_at]
     after = [(t, v) for t, v in dims if t > pushed_at + 600]
     assert np.diff(before).min() >= 600  # the scenario's 10-minute interval
@@ -481,3 +507,33 @@ def test_simulated_energy_is_consistent() -> None:
     )
     consumption = sum(v for k, v in truth.volume_m3.items() if "/wm-0-" in k)
     assert consumption == pytest.approx(balance["consumption_m3"])
+
+
+@pytest.mark.services
+def test_gateway_is_ready_once_the_retained_configs_arrived(private_broker: Mosquitto) -> None:
+    """A device that reconnects must follow its retained config from its first sample: the
+    gateway returns from ``wait_ready`` only when the broker delivered every retained one."""
+    root, site, count = "ready/v1", "town", 400
+    pusher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cfg-pusher")
+    pusher.connect("127.0.0.1", private_broker.port)
+    pusher.loop_start()
+    infos = [
+        pusher.publish(
+            f"{root}/{site}/lum-{n}/config", orjson.dumps({"version": n + 1}), qos=1, retain=True
+        )
+        for n in range(count)
+    ]
+    for info in infos:
+        info.wait_for_publish(10)
+    pusher.disconnect()
+    pusher.loop_stop()
+    inbox: queue.Queue[Inbound] = queue.Queue()
+    gateway = Gateway(site, "gw-lighting", root, "gw-test", mqtt.MQTTv5, inbox)
+    gateway.connect(urlsplit(private_broker.url))
+    try:
+        assert gateway.wait_ready(timeout_s=10)
+        assert inbox.qsize() == count  # every retained config already there
+        got = {inbox.get_nowait()[1] for _ in range(count)}
+        assert got == {f"lum-{n}" for n in range(count)}
+    finally:
+        gateway.close()
