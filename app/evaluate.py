@@ -36,14 +36,8 @@ from anomaly.service import Scanner
 from core.arrays import FloatArray
 from core.config import Config
 from core.db import connect, upgrade
-from simulators.history import (
-    HistoryScenario,
-    HistoryTruth,
-    leak_flow,
-    load_history_scenario,
-    packaged_history,
-    write_history,
-)
+from simulators.history import HistoryTruth, leak_flow, write_history
+from simulators.history_scenario import HistoryScenario, load_history_scenario, packaged_history
 
 SIZE_BINS = ((0.0, 0.05), (0.05, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, math.inf))
 TARGETS = {

@@ -41,7 +41,8 @@ from anomaly.detect import detect_bursts, detect_steps  # noqa: E402
 from anomaly.nights import night_series  # noqa: E402
 from anomaly.service import Scanner  # noqa: E402
 from core.db import upgrade  # noqa: E402
-from simulators.history import HistoryScenario, write_history  # noqa: E402
+from simulators.history import write_history  # noqa: E402
+from simulators.history_scenario import HistoryScenario  # noqa: E402
 
 SERVER = os.environ.get("SOBRIETY_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -1,9 +1,10 @@
 """Decode → check the device → normalise units → validate, for one message.
 
 :class:`Pipeline` is pure apart from the inventory lookup it is given: it turns ``(topic, payload,
-received_at)`` into the rows to store (already in the text form of ``COPY``) and the rejections,
-one per (message, reason). A message can be partly stored: records with a bad unit or value are
-rejected with their reason while the good records of the same message are kept.
+received_at)`` into the rows to store (tuples that :mod:`ingest.store` writes by binary ``COPY``)
+and the rejections, one per (message, reason). A message can be partly stored: records with a
+bad unit or value are rejected with their reason while the good records of the same message are
+kept.
 """
 
 from __future__ import annotations

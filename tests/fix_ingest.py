@@ -7,40 +7,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from app.config import load_config
-from app.embedded.service_process import ServiceProcess
+from app.embedded.service_process import ServiceProcess, private_ingest_config
 from core.config import Config
 from ingest.service import IngestService
 
-
-def make_config(
-    db_url: str, mqtt_url: str, tmp_path: Path, root: str, **sections: dict[str, Any]
-) -> Config:
-    """A configuration for tests (environment ignored); ``sections`` override keys."""
-    overrides: dict[str, dict[str, Any]] = {
-        "database": {"url": db_url},
-        "mqtt": {
-            "url": mqtt_url,
-            "root": root,
-            "client_id": f"ingest-{uuid.uuid4().hex[:8]}",
-            "session_expiry_s": 300,
-            "reconnect_max_s": 1,
-        },
-        "ingest": {
-            "spool_dir": tmp_path / "spool",
-            "batch_ms": 50,
-            "db_retry_max_s": 1,
-            "inventory_refresh_s": 0,
-        },
-        "metrics": {"port": 0},
-    }
-    for section, values in sections.items():
-        overrides.setdefault(section, {}).update(values)
-    return load_config(None, env={}, overrides=overrides)
+make_config = private_ingest_config
+"""A configuration for tests (:func:`app.embedded.service_process.private_ingest_config`)."""
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from app.cli import main
 from app.embedded import Cluster
 from core.clock import FixedClock
 from core.db import upgrade, with_database
-from simulators.history import FixedLeak, HistoryScenario, HistoryTruth, write_history
+from simulators.history import HistoryTruth, write_history
+from simulators.history_scenario import FixedLeak, HistoryScenario
 from tests.fix_mqtt import wait_until
 
 pytestmark = pytest.mark.services

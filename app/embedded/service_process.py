@@ -9,15 +9,47 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.config import load_config
 from app.embedded.procs import free_port
 from core.config import Config
 
 START_TIMEOUT_S = 30.0
+
+
+def private_ingest_config(
+    db_url: str, mqtt_url: str, work: Path, root: str, **sections: dict[str, Any]
+) -> Config:
+    """An ingest for a test or a benchmark: a client id and a spool (under ``work``) of its own,
+    short batches and backoffs, the inventory reloaded on every unknown device, no metrics
+    endpoint unless the process is given one, the environment ignored; ``sections`` override
+    keys (``mqtt={"shared_group": "g"}``)."""
+    overrides: dict[str, dict[str, Any]] = {
+        "database": {"url": db_url},
+        "mqtt": {
+            "url": mqtt_url,
+            "root": root,
+            "client_id": f"ingest-{uuid.uuid4().hex[:8]}",
+            "session_expiry_s": 300,
+            "reconnect_max_s": 1,
+        },
+        "ingest": {
+            "spool_dir": work / "spool",
+            "batch_ms": 50,
+            "db_retry_max_s": 1,
+            "inventory_refresh_s": 0,
+        },
+        "metrics": {"port": 0},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return load_config(None, env={}, overrides=overrides)
 
 
 def config_toml(config: Config) -> str:
