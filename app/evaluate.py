@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import orjson
@@ -35,7 +34,7 @@ from anomaly.config import AnomalyConfig
 from anomaly.service import Scanner
 from core.arrays import FloatArray
 from core.config import Config
-from core.db import connect, upgrade
+from core.db import connect, upgrade, with_database
 from simulators.history import HistoryTruth, leak_flow, write_history
 from simulators.history_scenario import HistoryScenario, load_history_scenario, packaged_history
 
@@ -59,20 +58,13 @@ class Alert:
     flow: float | None
 
 
-def scratch_url(conninfo: str, database: str) -> str:
-    """``conninfo`` pointing at another database of the same server."""
-    parts = urlsplit(conninfo)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
 def recreate_database(conninfo: str, database: str) -> str:
-    """Drop and create the scratch database; its URL."""
-    admin = scratch_url(conninfo, "postgres")
-    with connect(admin, autocommit=True) as conn:
+    """Drop and create the scratch database on the server of ``conninfo``; its URL."""
+    with connect(with_database(conninfo, "postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(database)))  # fmt: skip
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    return scratch_url(conninfo, database)
+    return with_database(conninfo, database)
 
 
 def run_seed(
@@ -107,7 +99,7 @@ def run_seed(
             ]
     finally:
         if not keep:
-            with connect(scratch_url(conninfo, "postgres"), autocommit=True) as admin:
+            with connect(with_database(conninfo, "postgres"), autocommit=True) as admin:
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                     sql.Identifier(database)))  # fmt: skip
     result = score(truth, alerts, cfg)

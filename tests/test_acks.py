@@ -27,6 +27,16 @@ def test_paho_still_has_the_private_method_with_this_signature() -> None:
     assert acks.BATCHED
 
 
+def test_a_changed_or_missing_method_means_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    def renamed(self: object, command: int, packet: bytes, message_id: int, qos: int) -> None:
+        del self, command, packet, message_id, qos
+
+    monkeypatch.setattr(mqtt.Client, "_packet_queue", renamed)
+    assert not acks._batched_available()
+    monkeypatch.delattr(mqtt.Client, "_packet_queue")
+    assert not acks._batched_available()
+
+
 def test_puback_packets_are_the_mqtt_packets() -> None:
     # PUBACK: fixed header 0x40, remaining length 2, the packet identifier, big-endian.
     assert acks.puback_packets([1, 258, 65535]) == (
