@@ -14,9 +14,11 @@ Publishing applies back-pressure: at most :data:`MAX_OUTSTANDING` messages await
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import SplitResult
 
 import paho.mqtt.client as mqtt
@@ -54,6 +56,7 @@ class Gateway:
         self.sent = 0
         self._acked = 0
         self._acks = threading.Condition()
+        self._waiting = 0  # threads waiting for PUBACKs: only then is the condition notified
         self._subscribed = threading.Event()
         self._synced = threading.Event()
         self._disconnected = threading.Event()
@@ -74,9 +77,10 @@ class Gateway:
         return self._acked
 
     def _on_publish(self, *_args: object) -> None:
-        with self._acks:
-            self._acked += 1
-            self._acks.notify_all()
+        self._acked += 1  # only the network thread counts
+        if self._waiting:
+            with self._acks:
+                self._acks.notify_all()
 
     def _on_connect(self, client: mqtt.Client, *_args: object) -> None:
         prefix = f"{self.root.rstrip('/')}/{self.site}/+"
@@ -117,21 +121,30 @@ class Gateway:
 
     def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish at QoS 1, waiting while :data:`MAX_OUTSTANDING` messages await their PUBACK."""
-        if self.sent - self._acked > MAX_OUTSTANDING:
-            with self._acks:  # back-pressure: the network thread counts the PUBACKs
-                while self.sent - self._acked > MAX_OUTSTANDING:
-                    self._acks.wait(1.0)
+        if self.sent - self._acked > MAX_OUTSTANDING:  # back-pressure
+            self._wait_acked(lambda: self.sent - self._acked <= MAX_OUTSTANDING, math.inf)
         self.client.publish(topic, payload, qos=1, retain=retain)
         self.sent += 1
 
     def wait_published(self, deadline: float) -> None:
         """Wait until the broker acknowledged everything sent (``deadline``: monotonic s)."""
+        if not self._wait_acked(lambda: self._acked >= self.sent, deadline):
+            raise TimeoutError(f"{self.name}: {self._acked}/{self.sent} acknowledged")
+
+    def _wait_acked(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Wait until ``done()`` (told by the PUBACKs) or the monotonic ``deadline``."""
         with self._acks:
-            while self._acked < self.sent:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{self.name}: {self._acked}/{self.sent} acknowledged")
-                self._acks.wait(min(left, 1.0))
+            self._waiting += 1
+            try:
+                while not done():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    # A PUBACK counted just before we began waiting is caught at the next turn.
+                    self._acks.wait(min(left, 0.01))
+                return True
+            finally:
+                self._waiting -= 1
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Disconnect cleanly: the retained state stays as last published (a connection closed
