@@ -43,6 +43,11 @@ class PayloadError(RejectError):
     """The payload cannot be decoded as SenML or flat JSON."""
 
 
+class UsageError(SobrietyError):
+    """A command was called with arguments that cannot work (a reversed period, an unknown
+    site); the message says which and what is accepted."""
+
+
 class ConfigError(SobrietyError):
     """A configuration file or variable is wrong; the message names the source, key and value."""
 

@@ -20,6 +20,7 @@ class IngestConfig(Section):
 
     batch_rows: int = Field(10000, ge=1)
     batch_ms: int = Field(200, ge=1)
+    batch_idle_ms: int = Field(20, ge=0)
     spool_dir: Path = Path("var/spool")
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
     max_payload_bytes: int = Field(65536, ge=256)

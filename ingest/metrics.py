@@ -100,6 +100,21 @@ class IngestMetrics:
             subsystem=sub,
             registry=registry,
         )
+        self.written = Counter(
+            "messages_written",
+            "Messages made durable (committed, or spooled while the database is down), then "
+            "acknowledged.",
+            namespace=ns,
+            subsystem=sub,
+            registry=registry,
+        )
+        self.connect_failures = Counter(
+            "broker_connect_failures",
+            "Attempts to reach the broker that failed (retried with backoff).",
+            namespace=ns,
+            subsystem=sub,
+            registry=registry,
+        )
         self.subscribed = Gauge(
             "subscribed",
             "1 once the broker acknowledged the subscription on this connection (SUBACK).",

@@ -12,7 +12,9 @@ again and is deduplicated on (device, metric, time).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from core.config import Config
 from core.contract import uplink_filter
-from core.db import DatabaseError, connect
+from core.db import DatabaseError, connect, redact
 from core.errors import RejectReason
 from ingest.acks import send_pubacks
 from ingest.config import IngestConfig
@@ -45,6 +47,13 @@ DISCONNECT_TIMEOUT_S = 5.0
 """How long a stop waits for the broker's UNSUBACK and for the DISCONNECT to be written."""
 _BARRIER_FILTER = "$sobriety-ingest-barrier/none"
 """A filter never subscribed: unsubscribing from it is a round trip that changes nothing."""
+
+
+def snapshot_name(conninfo: str) -> str:
+    """The file of the inventory snapshot of one database: a spool directory may serve an
+    ingest that is pointed at another database later, and must not lend it this inventory."""
+    digest = hashlib.sha256(redact(conninfo).encode()).hexdigest()[:16]
+    return f"inventory-{digest}.json"
 
 
 class InventoryCache:
@@ -106,7 +115,8 @@ class Batch:
     acks: list[tuple[int, int, int]] = field(default_factory=list)
     newest: list[float] = field(default_factory=list)
     messages: int = 0
-    started: float = 0.0
+    started: float = 0.0  # monotonic time of the first message
+    last: float = 0.0  # monotonic time of the last message
 
     @property
     def size(self) -> int:
@@ -115,11 +125,19 @@ class Batch:
 
 
 class Batcher:
-    """Gathers outcomes until ``max_rows`` or ``max_ms`` after the first one."""
+    """Gathers outcomes until ``max_rows``, or ``max_ms`` after the first one, or ``idle_ms``
+    after the last one (0: no idle limit).
 
-    def __init__(self, max_rows: int, max_ms: int) -> None:
+    The idle limit matters when the broker holds messages back: a broker that sends at most N
+    unacknowledged messages (Mosquitto's default ``max_inflight_messages`` is 20) sends nothing
+    more until the batch is written and acknowledged, so waiting ``max_ms`` for more would cap
+    the ingest at N messages per ``max_ms``.
+    """
+
+    def __init__(self, max_rows: int, max_ms: int, idle_ms: int = 0) -> None:
         self._max_rows = max_rows
         self._max_s = max_ms / 1000.0
+        self._idle_s = idle_ms / 1000.0 if idle_ms else math.inf
         self._batch = Batch()
         self._cond = threading.Condition()
         self._closed = False
@@ -130,8 +148,9 @@ class Batcher:
             if self._closed:
                 return False
             batch = self._batch
+            batch.last = time.monotonic()
             if not batch.messages:
-                batch.started = time.monotonic()
+                batch.started = batch.last
             batch.messages += 1
             batch.rows.extend(outcome.rows)
             batch.rejections.extend(outcome.rejections)
@@ -157,6 +176,7 @@ class Batcher:
                 due = batch.messages and (
                     batch.size >= self._max_rows
                     or now - batch.started >= self._max_s
+                    or now - batch.last >= self._idle_s
                     or self._closed
                 )
                 if due:
@@ -166,7 +186,8 @@ class Batcher:
                     return None
                 wait = deadline - now
                 if batch.messages:
-                    wait = min(wait, batch.started + self._max_s - now)
+                    due_at = min(batch.started + self._max_s, batch.last + self._idle_s)
+                    wait = min(wait, due_at - now)
                 self._cond.wait(max(wait, 0.001))
 
     def close(self) -> None:
@@ -191,7 +212,7 @@ class IngestService:
         self.spool = Spool(spool_dir, icfg.spool_max_bytes)
         conninfo = config.db_conninfo()
         self.inventory = InventoryCache(
-            conninfo, icfg.inventory_refresh_s, spool_dir / "inventory.json"
+            conninfo, icfg.inventory_refresh_s, spool_dir / snapshot_name(conninfo)
         )
         self.pipeline = Pipeline(
             self.inventory.lookup,
@@ -201,15 +222,18 @@ class IngestService:
             ),
         )
         self.store = Store(conninfo, config.database.connect_timeout_s)
-        self.batcher = Batcher(icfg.batch_rows, icfg.batch_ms)
+        self.batcher = Batcher(icfg.batch_rows, icfg.batch_ms, icfg.batch_idle_ms)
         self.stopping = threading.Event()
         self._generation = 0
         self._db_retry_at = 0.0
         self._db_backoff = 0.5
         self._db_up: bool | None = None  # unknown until the first write
+        self._connect_failures = 0
         self.subscribed = threading.Event()  # set at the SUBACK, cleared on disconnect
         self._disconnected = threading.Event()
         self._unsubscribed = threading.Event()
+        self.written = 0  # messages made durable and acknowledged by this service
+        self._written_cond = threading.Condition()
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
         self._http: Any = None
@@ -241,12 +265,26 @@ class IngestService:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = lambda *_args: self._unsubscribed.set()
+        client.on_connect_fail = self._on_connect_fail
         return client
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        """The broker cannot be reached: said at once, and at every attempt (paho retries with a
+        backoff from 1 s to ``mqtt.reconnect_max_s``)."""
+        self._connect_failures += 1
+        self.metrics.connect_failures.inc()
+        log.warning(
+            "cannot reach the broker at %s (attempt %d); retrying, backoff up to %.0f s",
+            self.config.mqtt.url,
+            self._connect_failures,
+            self.config.mqtt.reconnect_max_s,
+        )
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
+        self._connect_failures = 0
         self._generation += 1
         self.metrics.broker_connected.set(1)
         topic = uplink_filter(self.config.mqtt.root, self.config.mqtt.shared_group)
@@ -403,11 +441,27 @@ class IngestService:
             if batch is not None:
                 if self._persist(batch):
                     self._ack(batch)
+                    self.metrics.written.inc(batch.messages)
+                    with self._written_cond:
+                        self.written += batch.messages
+                        self._written_cond.notify_all()
                 self.metrics.pending.set(self.batcher.pending())
             elif self.stopping.is_set():
                 return
             if self.spool.size_bytes and not self.stopping.is_set():
                 self.drain_spool(budget_s=wait)
+
+    def wait_written(self, count: int, timeout_s: float) -> bool:
+        """Wait until this service has made ``count`` messages durable (False after
+        ``timeout_s`` without getting there)."""
+        deadline = time.monotonic() + timeout_s
+        with self._written_cond:
+            while self.written < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._written_cond.wait(left)
+            return True
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -470,14 +524,16 @@ class IngestService:
         not delivered again. Then wait until the DISCONNECT is written: ``loop_stop()`` ends the
         network thread at once.
         """
-        if self.metrics.value("broker_connected") == 1:
+        connected = self.metrics.value("broker_connected") == 1
+        if connected:
             self._unsubscribed.clear()
             client.unsubscribe(_BARRIER_FILTER)
             if not self._unsubscribed.wait(DISCONNECT_TIMEOUT_S):
                 log.warning("no UNSUBACK from the broker before disconnecting")
         self._disconnected.clear()
         client.disconnect(properties=props)
-        self._disconnected.wait(DISCONNECT_TIMEOUT_S)
+        if connected:  # (never connected: there is no DISCONNECT to wait for)
+            self._disconnected.wait(DISCONNECT_TIMEOUT_S)
         client.loop_stop()
 
     def run(self) -> None:

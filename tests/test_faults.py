@@ -62,11 +62,16 @@ class Town:
     def stored(self) -> int:
         return count_readings(self.conn, self.site)
 
-    def publish_in_background(self, messages: int) -> tuple[Publisher, threading.Thread]:
-        """Stream ``messages`` 10-record packs from a thread, pausing 10 ms every 200."""
+    def publish_in_background(
+        self, messages: int, pause_every: int = 200
+    ) -> tuple[Publisher, threading.Thread]:
+        """Stream ``messages`` 10-record packs from a thread, pausing 10 ms every
+        ``pause_every``."""
         pub = Publisher(self.broker.url)
         items = self.stream(messages)
-        thread = threading.Thread(target=lambda: pub.publish(items, pause_every=200, pause_s=0.01))
+        thread = threading.Thread(
+            target=lambda: pub.publish(items, pause_every=pause_every, pause_s=0.01)
+        )
         thread.start()
         return pub, thread
 
@@ -93,7 +98,8 @@ def test_kill_9_during_a_stream_loses_nothing(town: Town, ingest_process: Proces
     ingest = ingest_process(config)
     ingest.start()
     total_msgs = 6000
-    pub, thread = town.publish_in_background(total_msgs)
+    # 20 messages, then 10 ms: three seconds of stream at least, well beyond the kill.
+    pub, thread = town.publish_in_background(total_msgs, pause_every=20)
     wait_until(lambda: town.stored() >= 15000, 60, "part of the stream stored")
     ingest.kill9()
     stored_at_kill = town.stored()
@@ -116,7 +122,7 @@ def test_kill_9_during_a_stream_loses_nothing(town: Town, ingest_process: Proces
 def test_sigterm_flushes_and_exits_cleanly(town: Town, ingest_process: Processes) -> None:
     # A batch would wait a minute: only the SIGTERM flush can store these readings in time.
     config = town.config(
-        ingest={"batch_ms": 60000, "batch_rows": 1_000_000},
+        ingest={"batch_ms": 60000, "batch_rows": 1_000_000, "batch_idle_ms": 0},
     )
     ingest = ingest_process(config)
     ingest.start()

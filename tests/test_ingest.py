@@ -8,6 +8,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -15,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main
+from app.embedded.service_process import ServiceProcess
 from core.config import Config
 from core.errors import RejectReason
 from ingest.service import IngestService
@@ -337,3 +339,88 @@ def test_bad_configuration_exits_2_naming_the_key(
     assert main(["--config", str(path), "ingest", "--validate-config"]) == 2
     err = capsys.readouterr().err
     assert f"{path}: [ingest] batch_ms = 'soon': expected" in err
+
+
+def test_the_inventory_snapshot_belongs_to_one_database(
+    conn: psycopg.Connection, db_url: str, site: str, tmp_path: Path
+) -> None:
+    from ingest.service import InventoryCache, snapshot_name
+
+    register(conn, site, ("lum-1", "luminaire"))
+    first = InventoryCache(db_url, 0, tmp_path / snapshot_name(db_url))
+    assert first.load()
+    assert first.lookup(site, "lum-1") is not None
+    # The same spool directory, another database that is down: its ingest must wait for its
+    # own inventory, not validate with this one.
+    other = db_url.rsplit("/", 1)[0] + "/sobriety_test_absent_database"
+    assert snapshot_name(other) != snapshot_name(db_url)
+    second = InventoryCache(other, 0, tmp_path / snapshot_name(other))
+    assert not second.load()
+    assert second.size == 0
+    # The database's own snapshot is used while it is down.
+    again = InventoryCache(db_url.replace("127.0.0.1:5432", "127.0.0.1:1"), 0,
+                           tmp_path / snapshot_name(db_url))  # fmt: skip
+    assert not again.load()
+    assert again.lookup(site, "lum-1") is not None
+
+
+def test_an_unreachable_broker_is_said_at_once_and_retried(
+    db_url: str, tmp_path: Path, root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed = free_port()  # nothing listens there
+    config = make_config(db_url, f"mqtt://127.0.0.1:{closed}", tmp_path, root)
+    service = IngestService(config)
+    caplog.set_level("WARNING", logger="sobriety.ingest")
+    service.start()
+    try:
+        wait_until(
+            lambda: service.metrics.value("broker_connect_failures_total") >= 2,
+            15,
+            "two failed attempts",
+        )
+    finally:
+        service.stop()
+    said = [r.getMessage() for r in caplog.records if "cannot reach the broker" in r.getMessage()]
+    assert said[:2] == [
+        f"cannot reach the broker at mqtt://127.0.0.1:{closed} (attempt {n}); retrying, "
+        "backoff up to 1 s"
+        for n in (1, 2)
+    ]
+
+
+def test_run_and_anomaly_commands_serve_their_metrics(
+    conn: psycopg.Connection,
+    db_url: str,
+    mqtt_url: str,
+    tmp_path: Path,
+    site: str,
+    root: str,
+    ingest_process: Callable[[Config], Any],
+) -> None:
+    """``sobriety run``: the ingest and leak detection in one process, one endpoint;
+    ``sobriety anomaly``: the periodic service alone."""
+    register(conn, site, ("lum-1", "luminaire"))
+    config = make_config(db_url, mqtt_url, tmp_path, root)
+    run = ServiceProcess(config, tmp_path, command=("run",), name="run")
+    run.start()  # ready: subscribed
+    try:
+        wait_until(
+            lambda: run.metric("sobriety_anomaly_scan_seconds_count") >= 1, 30, "a first scan"
+        )
+        pub = Publisher(mqtt_url)
+        pub.wait_acked(pub.publish([(f"{root}/{site}/lum-1/up", b'{"power": 12.0}')]))
+        pub.close()
+        wait_until(lambda: count_readings(conn, site) == 1, 30, "the reading stored")
+        assert run.metric("sobriety_ingest_readings_stored_total") == 1
+        assert run.metric('sobriety_anomaly_alerts_active{kind="leak"}') == 0
+    finally:
+        assert run.terminate() == 0
+    anomaly = ServiceProcess(
+        config, tmp_path, command=("anomaly",), ready="sobriety_anomaly_scan_seconds_count",
+        name="anomaly",
+    )  # fmt: skip
+    anomaly.start()  # ready: its first scan done
+    try:
+        assert anomaly.metric("sobriety_anomaly_scan_failures_total") == 0
+    finally:
+        assert anomaly.terminate() == 0

@@ -137,3 +137,21 @@ def test_many_problems_are_summarised() -> None:
     out = pipeline().process("sobriety/v1/lyon/lum-1/up", payload, NOW)
     assert len(out.rejections) == 1
     assert out.rejections[0].detail.endswith("and 3 more")
+
+
+def test_a_batch_closes_when_no_message_comes() -> None:
+    """A broker that holds messages back until they are acknowledged sends nothing more: the
+    batch must not wait for ``batch_ms``."""
+    from ingest.pipeline import Outcome
+    from ingest.service import Batcher
+
+    batcher = Batcher(max_rows=1_000_000, max_ms=600_000, idle_ms=20)
+    for mid in (1, 2, 3):
+        batcher.add(Outcome(), (0, mid, 1))
+    batch = batcher.take(timeout=30.0)  # due 20 ms after the third message, not in 10 minutes
+    assert batch is not None
+    assert batch.messages == 3
+    assert [mid for _g, mid, _q in batch.acks] == [1, 2, 3]
+    without_idle = Batcher(max_rows=1_000_000, max_ms=600_000, idle_ms=0)
+    without_idle.add(Outcome(), (0, 1, 1))
+    assert without_idle.take(timeout=0.2) is None  # only the size or the age closes it then

@@ -72,6 +72,22 @@ def config_toml(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_metrics(port: int) -> dict[str, float] | None:
+    """Every sample of the Prometheus endpoint on 127.0.0.1:``port`` by name with its labels
+    (``name{label="v"}``), or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return samples
+
+
 class ServiceProcess:
     """``sobriety --config FILE COMMAND --metrics-port PORT`` in a child process; its output goes
     to a log file in ``directory``. ``ready`` names the gauge that is 1 once the service is
@@ -115,20 +131,8 @@ class ServiceProcess:
 
     def metrics(self, port: int | None = None) -> dict[str, float] | None:
         """Every sample of the metrics endpoint (or of the one on ``port``: worker ``i`` of
-        ``--workers N`` serves on the port + i) by name with its labels (``name{label="v"}``),
-        or None when it does not answer."""
-        url = f"http://127.0.0.1:{port or self.metrics_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return None
-        samples: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
-        return samples
+        ``--workers N`` serves on the port + i); see :func:`read_metrics`."""
+        return read_metrics(port or self.metrics_port)
 
     def metric(self, name: str, port: int | None = None) -> float:
         """One sample (``name`` with its labels, if any): 0 when absent, -1 when the endpoint
