@@ -74,7 +74,13 @@ def night_series(
         empty = np.zeros(0)
         return Nights(np.zeros(0, np.int64), empty, empty, np.zeros(0, bool), empty, empty,
                       empty, empty, [])  # fmt: skip
-    days = np.arange(int(day.min()), int(day.max()) + 1, dtype=np.int64)
+    # Nights from the first whose window begins once the DMA has data: the nights before its
+    # meters first reported are not nights it was monitored (not gaps).
+    first_hour = float(hour_start.min())
+    first_day = int(day.min())
+    while window_bounds(first_day, tz, start_h, end_h)[0] < first_hour:
+        first_day += 1
+    days = np.arange(first_day, int(day.max()) + 1, dtype=np.int64)
     n = len(days)
     out = Nights(
         day=days,

@@ -246,6 +246,21 @@ def test_night_series_reports_gaps_instead_of_filling() -> None:
     assert "50% reported" in res.gap[j]
 
 
+def test_nights_before_the_first_data_are_not_gaps() -> None:
+    """Meters first heard at 20:00 local: that morning's night was not monitored, so it is no
+    gap; the next one is the first night assessed."""
+    first = datetime(2026, 1, 14, 20, tzinfo=PARIS).timestamp()
+    t = np.arange(first, first + 2 * DAY, 3600.0)
+    local = [datetime.fromtimestamp(v, PARIS) for v in t]
+    day = np.array([(d.date() - EPOCH).days for d in local])
+    hour = np.array([d.hour for d in local])
+    n = len(t)
+    res = night_series(t, day, hour, np.full(n, 2.0), np.zeros(n, bool), np.zeros(n),
+                       np.full(n, 10), 10, PARIS)  # fmt: skip
+    assert list(res.day) == [(date(2026, 1, 15) - EPOCH).days, (date(2026, 1, 16) - EPOCH).days]
+    assert res.gap == ["", ""]
+
+
 # --- water balance -------------------------------------------------------------------------------
 
 
