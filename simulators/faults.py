@@ -82,8 +82,10 @@ class Faults:
             _at, kind, gi, i = self.events.pop(0)
             group = self.groups[gi]
             key = (gi, i)
-            if kind == "malformed":
-                self.send(group.gateway, group.topics[i], b'{"power": 12.5, "energy": ')
+            if kind == "malformed":  # cut short; numbered, so that no two are the same message
+                n = self.truth.faults.get(kind, 0)
+                cut = b'{"power": 12.5, "n": %d, "energy": ' % n
+                self.send(group.gateway, group.topics[i], cut)
                 self.truth.count_fault(kind)
                 self.truth.expect_rejection("invalid_json")
             elif kind == "unknown_device":

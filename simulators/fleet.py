@@ -6,7 +6,10 @@ is advanced (:mod:`simulators.site_model`), the faults due are injected
 (:mod:`simulators.faults`), and each device whose sampling time has come takes a sample
 (:mod:`simulators.devices`); when it holds ``batch`` samples it publishes them as one SenML pack
 on ``{root}/{site}/{device}/up`` (QoS 1) through its gateway (:mod:`simulators.gateways`), and it
-reports the applied config version on ``state`` (retained). ``speed`` is simulated seconds per
+reports the applied config version on ``state`` (retained). Messages of the part of the run
+before ``backfill_until`` go to a ``backfill`` callable instead of the broker (history older
+than a subscriber's time window); a ``pace`` callable may hold the fleet back after each
+message published (back-pressure). ``speed`` is simulated seconds per
 wall-clock second (0: as fast as the broker takes it). Everything random comes from one
 generator seeded by the scenario seed, so a scenario, seed and start time give the same messages.
 """
@@ -14,6 +17,7 @@ generator seeded by the scenario seed, so a scenario, seed and start time give t
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -40,6 +44,11 @@ log = logging.getLogger("sobriety.simulate")
 
 Progress = Callable[[int, int], None]
 """Told (steps done, steps in all) after every simulation step."""
+Backfilled = Callable[[str, bytes, float], None]
+"""Takes (topic, payload, simulated reception time [s]) of a message older than the live part."""
+Pace = Callable[[int], None]
+"""Told the count of ``up`` messages published so far; returns when the fleet may go on (how a
+caller keeps the fleet a bounded number of messages ahead of what its subscriber wrote)."""
 
 
 def resolve_start(scenario: Scenario, days: float, now: float | None = None) -> float:
@@ -65,6 +74,9 @@ class Fleet:
         start: float | None = None,
         protocol: str = "5",
         client_prefix: str = "sim",
+        backfill: Backfilled | None = None,
+        backfill_until: float = -math.inf,
+        pace: Pace | None = None,
     ) -> None:
         self.town = town
         scenario = town.scenario
@@ -90,6 +102,11 @@ class Fleet:
         )  # fmt: skip
         self._t = self.t0
         self.log: list[tuple[str, bytes]] | None = None  # set to a list to record what is sent
+        self.backfill = backfill
+        self.backfill_until = backfill_until if backfill is not None else -math.inf
+        self.pace = pace
+        self.sent_live = 0  # up messages published
+        self.sent_backfilled = 0  # up messages handed to the backfill
 
     @property
     def now(self) -> float:
@@ -240,9 +257,16 @@ class Fleet:
 
     # --- publishing ----------------------------------------------------------------------------
     def _send(self, gw: Gateway, topic: str, payload: bytes) -> None:
-        gw.send(topic, payload)
         if self.log is not None:
             self.log.append((topic, payload))
+        if self._t < self.backfill_until and self.backfill is not None:
+            self.backfill(topic, payload, self._t)  # as if received now, in simulated time
+            self.sent_backfilled += 1
+            return
+        gw.send(topic, payload)
+        self.sent_live += 1
+        if self.pace is not None:
+            self.pace(self.sent_live)
 
     def _flush(self, gi: int, i: int, t: float) -> None:
         group = self.groups[gi]

@@ -58,6 +58,17 @@ def demand_pattern(hour: float, weekend: bool) -> float:
     return float(_raw_pattern(hour, weekend)) / _PATTERN_MEAN[weekend]
 
 
+def household_use(rng: np.random.Generator, households: int, pattern: float) -> FloatArray:
+    """Multipliers (mean 1) of each household's demand over one hour: most hours of the night
+    draw nothing at all, the others draw more. A household uses water in the hour with
+    probability ``0.6 × pattern`` (kept within 5-95 %), and then ``1/p`` times its mean with
+    lognormal spread — so an index stays still for hours, and only a leak behind the meter keeps
+    it moving all day (what the continuous-flow check looks for)."""
+    p_use = min(max(0.6 * pattern, 0.05), 0.95)
+    used = rng.random(households) < p_use
+    return np.where(used, rng.lognormal(-0.125, 0.5, households) / p_use, 0.0)
+
+
 def leak_flow_m3h(
     hours_since_start: float,
     kind: str,

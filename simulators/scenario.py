@@ -74,6 +74,7 @@ class Water(StrictModel):
     outlet_every: int = Field(2, ge=0, description="every Nth DMA has an outlet meter (0: none)")
     consumption_m3_per_day: float = Field(0.15, gt=0, description="mean per customer")
     background_leakage_m3h_per_km: float = Field(0.02, ge=0)
+    flow_noise: float = Field(0.005, ge=0, description="relative noise of a flow reading")
     customer_leaks: int = Field(1, ge=0, description="customers with a continuous leak")
     customer_leak_m3h: float = Field(0.01, gt=0)
     pumping_station: bool = True

@@ -109,6 +109,8 @@ class SiteModel:
         self.noise_hour = -1
         self.dma_inflow = np.zeros(nd)
         self.dma_outflow = np.zeros(nd)
+        self.dma_inflow_read = np.zeros(nd)
+        self.dma_outflow_read = np.zeros(nd)
         self.dma_pressure = np.zeros(nd)
         self.dma_in_volume = rng.uniform(1e4, 1e5, nd)
         self.dma_out_volume = rng.uniform(1e3, 1e4, nd)
@@ -222,7 +224,9 @@ class SiteModel:
         stamp = int(t // 3600)
         if stamp != self.noise_hour:  # household behaviour varies hour by hour
             self.noise_hour = stamp
-            self.cust_noise = self.rng.lognormal(-0.06, 0.35, len(self.cust_base))
+            self.cust_noise = physics.household_use(
+                self.rng, len(self.cust_base), physics.demand_pattern(local.hour + 0.5, weekend)
+            )
         pattern = physics.demand_pattern(hour, weekend)
         cust_flow = self.cust_base * pattern * self.cust_noise + self.cust_leak
         self.cust_flow = cust_flow
@@ -247,6 +251,11 @@ class SiteModel:
         outflow = outlet * 0.5 * consumption  # water passing on to a downstream area
         inflow = consumption + background + leaks + outflow
         self.dma_inflow, self.dma_outflow = inflow, outflow
+        # What the meters read: the flow with their measurement noise (a real meter's reading
+        # never repeats to the fourth decimal for an hour; a frozen one does).
+        noise = 1.0 + w.flow_noise * self.rng.standard_normal((2, nd))
+        self.dma_inflow_read = inflow * noise[0]
+        self.dma_outflow_read = outflow * noise[1]
         self.dma_pressure = np.array(
             [
                 physics.dma_pressure_bar(inflow[d], w.avg_pressure_m * 1.1, self.dma_peak[d])
@@ -307,7 +316,9 @@ class SiteModel:
 
     def flow_values(self, rows: list[tuple[int, bool]]) -> Callable[[], dict[str, FloatArray]]:
         def read() -> dict[str, FloatArray]:
-            flow = np.array([self.dma_outflow[d] if out else self.dma_inflow[d] for d, out in rows])
+            flow = np.array(
+                [self.dma_outflow_read[d] if out else self.dma_inflow_read[d] for d, out in rows]
+            )
             vol = np.array(
                 [self.dma_out_volume[d] if out else self.dma_in_volume[d] for d, out in rows]
             )

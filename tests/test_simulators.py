@@ -548,3 +548,17 @@ def test_gateway_is_ready_once_the_retained_configs_arrived(private_broker: Mosq
         assert got == {f"lum-{n}" for n in range(count)}
     finally:
         gateway.close()
+
+
+def test_households_draw_water_some_hours_only() -> None:
+    rng = np.random.default_rng(5)
+    night = np.concatenate([physics.household_use(rng, 1000, 0.25) for _ in range(200)])
+    day = np.concatenate([physics.household_use(rng, 1000, 1.5) for _ in range(200)])
+    # Mean 1: the hourly volume stays what the demand pattern says...
+    assert_allclose([night.mean(), day.mean()], [1.0, 1.0], rtol=0.02)
+    # ...but at night most households draw nothing in an hour (0.6 x 0.25 = 15 % do).
+    assert_allclose((night > 0).mean(), 0.15, atol=0.01)
+    assert_allclose((day > 0).mean(), 0.9, atol=0.01)
+    # So over a day a household's index stands still for hours: only a leak keeps it moving.
+    hours = [physics.household_use(rng, 1000, p) for p in [0.25] * 6 + [1.0] * 18]
+    assert (np.stack(hours) == 0).any(axis=0).mean() > 0.99
