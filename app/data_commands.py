@@ -134,11 +134,15 @@ def cmd_rejected(args: argparse.Namespace, config: Config) -> int:
         if args.format == "json":
             write_json(items)
         else:
+            shown = 0
             for item in items:
+                shown += 1
                 out.write(
                     f"{item['received_at']}  {item['reason']:<24} {item['topic']}  "
                     f"{item['detail']}\n"
                 )
+            if not shown:
+                out.write("no rejected message\n")
     return 0
 
 

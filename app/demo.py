@@ -1,57 +1,69 @@
-"""``sobriety demo``: the whole chain on a simulated town, then a summary and where to look.
+"""``sobriety demo``: the whole chain on a simulated town, then a summary checked against the
+simulation's ground truth, and where to look.
 
-Uses the broker and database it is configured with (``SOBRIETY_MQTT_URL``, ``SOBRIETY_DB_URL``),
-else local ones on 127.0.0.1 when reachable, else embedded ones it starts itself
-(:mod:`app.embedded`). Then: database upgrade, demo town inventory import, the ingest, the
-simulated days at full speed, and a summary a technical service understands.
+Each run is its own. The broker: the one configured (``SOBRIETY_MQTT_URL``), else a Mosquitto of
+the demo's own whenever the machine has the program, else the local one on 127.0.0.1, else amqtt
+(:mod:`app.embedded`); against any broker but its own, whose limits it knows, the simulator runs
+at most :data:`AHEAD_UNKNOWN_BROKER` messages ahead of what the ingest has written, so a broker
+with Mosquitto's default queue (1000 messages) drops nothing. The database: the one configured
+(``SOBRIETY_DB_URL``), whose demo communes' data are cleared first, else a fresh database for the
+run on the local or embedded server (the databases of earlier runs that nothing uses are removed).
+The ingest's MQTT session is the run's own and ended at exit. Days older than the ingest's time
+window go through the ingest's backfill path (:mod:`ingest.backfill`: the same validation, as if
+received then), the rest over MQTT.
+
+The summary (:mod:`app.demo_report`) compares what was stored with what was sent and rejected
+with what was injected; a difference is printed as such and the command fails.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 import psycopg
+from psycopg import sql
 
-from app.embedded import ServiceError, resolve_services
+from anomaly.config import AnomalyConfig
+from anomaly.service import Scanner
+from app.demo_report import DemoReport, gather, render
+from app.embedded import ServiceError, Services, resolve_services
 from app.progress import progress_bar
 from core.config import Config
-from core.db import connect, ensure_database, redact, upgrade
+from core.db import connect, ensure_database, redact, upgrade, with_database
+from core.errors import SobrietyError
 from core.inventory import import_inventory
+from ingest.backfill import Backfill
 from ingest.config import IngestConfig
+from ingest.pipeline import Limits, Pipeline
 from ingest.service import IngestService
-from simulators import Fleet, build_town, load_scenario, packaged_scenario, write_inventory
+from ingest.store import Store
+from simulators import Fleet, Town, build_town, load_scenario, packaged_scenario, write_inventory
+from simulators.fleet import resolve_start
 
 log = logging.getLogger("sobriety.demo")
 
+MAX_DAYS = 31.0
+"""The longest demo: a month of the demo town (about 300,000 messages)."""
+AHEAD_UNKNOWN_BROKER = 500
+"""Messages the simulator may run ahead of the ingest on a broker we did not start (Mosquitto's
+default queue holds 1000 per session and drops the rest)."""
+AHEAD_OWN_BROKER = 100_000
+"""The same on the demo's own Mosquitto, which queues two million."""
+WRITE_TIMEOUT_S = 120.0
+"""An ingest that writes nothing for this long while messages are due has failed."""
+DEMO_DATABASE = "sobriety_demo"
 
-@dataclass
-class DemoReport:
-    """What the demo did, for the summary and for tests."""
 
-    db_url: str
-    mqtt_url: str
-    db_origin: str
-    mqtt_origin: str
-    sites: list[str]
-    messages_sent: int = 0
-    readings_sent: int = 0
-    readings_stored: int = 0
-    readings_duplicate: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    expected_rejections: dict[str, int] = field(default_factory=dict)
-    devices: int = 0
-    silent_devices: list[str] = field(default_factory=list)
-    lighting_kwh: dict[str, float] = field(default_factory=dict)
-    water_inflow_m3: dict[str, float] = field(default_factory=dict)
-    truth_path: Path | None = None
-    seconds: float = 0.0
+class DemoError(SobrietyError):
+    """The demo could not run to the end; the message says why."""
 
 
 def run_demo(
@@ -68,8 +80,12 @@ def run_demo(
     out: TextIO,
     prefer_binaries: bool = True,
 ) -> DemoReport:
-    """Run the demo; print the summary to ``out``; keep serving until ``stop`` if ``serve``."""
+    """Run the demo and print its summary to ``out``; keep serving until ``stop`` if ``serve``.
+    The report's ``problems`` are empty when everything matched the ground truth."""
+    if not 0 < days <= MAX_DAYS:
+        raise DemoError(f"--days {days:g}: expected more than 0 and at most {MAX_DAYS:g}")
     started = time.monotonic()
+    run_id = f"{datetime.now(UTC):%Y%m%d_%H%M%S}_{secrets.token_hex(2)}"
     scratch = Path(tempfile.mkdtemp(prefix="sobriety-demo-")) if workdir is None else workdir
     scratch.mkdir(parents=True, exist_ok=True)
     services = resolve_services(
@@ -77,93 +93,61 @@ def run_demo(
         mqtt_url=configured_mqtt,
         workdir=scratch / "services",
         embedded=embedded,
+        database=f"{DEMO_DATABASE}_{run_id}",
         prefer_mosquitto=prefer_binaries,
         prefer_local_postgres=prefer_binaries,
+        private_broker_first=True,
     )
     try:
+        scenario = load_scenario(packaged_scenario("demo"))
+        town = build_town(scenario, seed)
+        sites = [s.spec.site for s in town.sites]
+        database_note = _prepare_database(services, sites, config)
         out.write(
             f"broker:   {services.mqtt_url} ({services.mqtt_origin}, "
             f"MQTT {services.mqtt_protocol})\n"
-            f"database: {redact(services.db_url)} ({services.db_origin})\n"
+            f"database: {redact(services.db_url)} ({services.db_origin}: {database_note})\n"
         )
-        ensure_database(services.db_url)
-        with connect(services.db_url) as conn:
-            upgrade(conn, config.storage)
-        scenario = load_scenario(packaged_scenario("demo"))
-        town = build_town(scenario, seed)
+        out.flush()
         dmas_csv, devices_csv = write_inventory(town, scratch / "inventory")
         with connect(services.db_url) as conn:
             import_inventory(conn, dmas_csv)
             import_inventory(conn, devices_csv)
-        sites = [s.spec.site for s in town.sites]
-        report = DemoReport(
-            services.db_url,
-            services.mqtt_url,
-            services.db_origin,
-            services.mqtt_origin,
-            sites,
-            devices=len(town.devices),
-        )
-        ingest_config = config.replace(
-            config.database.model_copy(update={"url": services.db_url}),
-            config.mqtt.model_copy(
-                update={
-                    "url": services.mqtt_url,
-                    "protocol": services.mqtt_protocol,
-                    "root": scenario.root,
-                    "client_id": "sobriety-demo-ingest",
-                    "shared_group": None,
-                    "session_expiry_s": 3600 if serve else 60,
-                }
-            ),
-            config.section(IngestConfig).model_copy(
-                update={"spool_dir": scratch / "spool", "workers": 1}
-            ),
-        )
-        service = IngestService(ingest_config)
-        try:
-            service.start()
-        except OSError as exc:  # the metrics port is taken: run without the endpoint
-            log.warning("metrics endpoint unavailable (%s); continuing without it", exc)
-            service.stop()
-            no_endpoint = ingest_config.metrics.model_copy(update={"port": 0})
-            ingest_config = ingest_config.replace(no_endpoint)
-            service = IngestService(ingest_config)
-            service.start()
+        ingest_config = _ingest_config(config, services, scenario.root, run_id, scratch, serve)
+        service = _start_ingest(ingest_config)
         try:
             if not service.subscribed.wait(30.0):
                 raise ServiceError(f"the ingest did not subscribe at {services.mqtt_url}")
-            fleet = Fleet(
-                town,
-                services.mqtt_url,
-                speed=0.0,
-                days=days,
-                protocol=services.mqtt_protocol,
-                client_prefix="sobriety-demo",
-            )
-            fleet.connect()
-            with progress_bar("simulating") as progress:
-                truth = fleet.run(progress=progress)
-            fleet.wait_published()
-            fleet.close()
-            report.truth_path = scratch / "truth.json"
-            truth.write(report.truth_path)
-            report.messages_sent, report.readings_sent = truth.messages, truth.readings
-            report.expected_rejections = dict(truth.expected_rejections)
-            _wait_ingested(service, truth.readings, sum(truth.expected_rejections.values()))
-            report.readings_stored = int(service.metrics.value("readings_stored_total"))
-            report.readings_duplicate = int(service.metrics.value("readings_duplicate_total"))
-            report.rejected = service.metrics.rejected_by_reason()
+            fleet, backfill = _simulate(town, days, services, service, ingest_config, run_id)
+            truth = fleet.truth
+            truth_path = scratch / "truth.json"
+            truth.write(truth_path)
             with connect(services.db_url) as conn:
-                _summarise(conn, report, truth.end)
+                Scanner(config.section(AnomalyConfig)).scan(conn, truth.start, truth.end)
+                conn.commit()
+                report = gather(conn, truth, town, config.section(AnomalyConfig))
+            report.run_id = run_id
+            report.services = services
+            report.database_note = database_note
+            report.messages_live = fleet.sent_live
+            report.messages_backfilled = fleet.sent_backfilled
+            report.backfill = backfill
+            report.truth_path = truth_path
+            report.truth_removed_at_exit = workdir is None and not serve
+            report.metrics_url = (
+                f"http://{ingest_config.metrics.host}:{ingest_config.metrics.port}/metrics"
+                if ingest_config.metrics.port
+                else None
+            )
             report.seconds = time.monotonic() - started
-            _print_summary(report, config, out, scratch)
+            out.write(render(report, serve))
+            out.flush()
             if serve:
                 out.write("serving: the ingest keeps running; Ctrl-C to stop\n")
                 out.flush()
                 stop.wait()
         finally:
-            service.stop()
+            service.stop(end_session=True)  # this run's session ends with it
         return report
     finally:
         services.close()
@@ -171,98 +155,180 @@ def run_demo(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _wait_ingested(
-    service: IngestService, readings: int, rejections: int, timeout_s: float = 300.0
-) -> None:
-    """Wait until the ingest has written as many readings (new or duplicate) and rejections as
-    were sent, or nothing has moved for 10 s."""
-    metrics = service.metrics
-    deadline = time.monotonic() + timeout_s
-    last, still_since = -1.0, time.monotonic()
-    while time.monotonic() < deadline:
-        done = metrics.value("readings_stored_total") + metrics.value("readings_duplicate_total")
-        rejected = sum(metrics.rejected_by_reason().values())
-        if done >= readings and rejected >= rejections and service.batcher.pending() == 0:
-            return
-        if done != last:
-            last, still_since = done, time.monotonic()
-        elif time.monotonic() - still_since > 10.0:
-            log.warning("ingest idle with %d of %d readings written", int(done), readings)
-            return
-        time.sleep(0.1)  # polls the ingest's counters: the condition is a count, not an event
-
-
-def _summarise(conn: psycopg.Connection, report: DemoReport, end: float) -> None:
-    start = end - 86400.0
-    silent = conn.execute(
-        "SELECT site || '/' || device FROM api.devices WHERE site = ANY(%s) AND "
-        "(last_reading_at IS NULL OR last_reading_at < to_timestamp(%s) - interval '2 hours') "
-        "ORDER BY 1",
-        (report.sites, end),
-    ).fetchall()
-    report.silent_devices = [r[0] for r in silent]
-    # Energy and water of the last simulated day, from the meters' counters.
-    for site, kwh in conn.execute(
-        "SELECT site, sum(delta) / 1000.0 FROM (SELECT site, device, max(value) - min(value) "
-        "AS delta FROM api.readings WHERE site = ANY(%s) AND kind = 'cabinet_meter' AND "
-        "metric = 'energy' AND time BETWEEN to_timestamp(%s) AND to_timestamp(%s) "
-        "GROUP BY site, device) d GROUP BY site ORDER BY site",
-        (report.sites, start, end),
-    ):
-        report.lighting_kwh[site] = float(kwh)
-    for site, dma, m3 in conn.execute(
-        "SELECT r.site, d.dma, max(r.value) - min(r.value) FROM api.readings r "
-        "JOIN api.devices d USING (site, device) WHERE r.site = ANY(%s) AND d.role = 'inlet' "
-        "AND r.metric = 'volume' AND r.time BETWEEN to_timestamp(%s) AND to_timestamp(%s) "
-        "GROUP BY r.site, d.dma ORDER BY 1, 2",
-        (report.sites, start, end),
-    ):
-        report.water_inflow_m3[f"{site}/{dma}"] = float(m3)
-
-
-def _print_summary(report: DemoReport, config: Config, out: TextIO, scratch: Path) -> None:
-    w = out.write
-    w("\n== sobriety demo: one simulated town through the whole chain ==\n")
-    w(f"communes: {', '.join(report.sites)}; {report.devices} devices\n")
-    w(
-        f"messages sent: {report.messages_sent:,}; readings sent: {report.readings_sent:,}; "
-        f"readings stored: {report.readings_stored:,} "
-        f"(+{report.readings_duplicate:,} repeated, stored once)\n"
-    )
-    rejected = ", ".join(f"{k}: {v}" for k, v in sorted(report.rejected.items())) or "none"
-    expected = ", ".join(f"{k}: {v}" for k, v in sorted(report.expected_rejections.items()))
-    w(f"rejected messages by reason: {rejected} (injected faults: {expected or 'none'})\n")
-    silent = report.silent_devices
-    w(
-        f"devices silent for the last 2 hours: {len(silent)}"
-        + (f" ({', '.join(silent[:8])}{', ...' if len(silent) > 8 else ''})" if silent else "")
-        + "\n"
-    )
-    for site, kwh in report.lighting_kwh.items():
-        w(f"public lighting energy, {site}: {kwh:,.1f} kWh (cabinet meters)\n")
-    for dma, m3 in report.water_inflow_m3.items():
-        w(f"water into {dma}: {m3:,.1f} m3\n")
-    w(f"done in {report.seconds:.0f} s\n\nwhere to look:\n")
-    if report.db_origin not in {"configured", "local"}:
-        w("  (the embedded broker and database stop when the demo exits: use --serve)\n")
-    w(
-        f"  database {redact(report.db_url)}: views api.readings, api.devices, "
-        "api.rejected_messages\n"
-    )
-    w("  SOBRIETY_DB_URL=... sobriety export readings --since 2d --until 2100-01-01T00:00:00Z\n")
-    if config.metrics.port:
-        w(
-            f"  metrics http://{config.metrics.host}:{config.metrics.port}/metrics "
-            "(while --serve runs)\n"
+def _prepare_database(services: Services, sites: list[str], config: Config) -> str:
+    """Make the database the run's own; what was done, for the summary."""
+    if services.db_origin == "configured":
+        ensure_database(services.db_url)
+        with connect(services.db_url) as conn:
+            upgrade(conn, config.storage)
+            conn.commit()
+            cleared = clear_sites(conn, sites)
+            conn.commit()
+        return (
+            f"the configured database; the earlier data of {', '.join(sites)} cleared first "
+            f"({cleared:,} rows)"
         )
-    if report.truth_path is not None:
-        w(
-            f"  ground truth {report.truth_path}"
-            + (
-                " (removed at exit; use --workdir to keep it)"
-                if "sobriety-demo-" in str(scratch)
-                else ""
+    removed = _remove_earlier_runs(services.db_url)
+    ensure_database(services.db_url)
+    with connect(services.db_url) as conn:
+        upgrade(conn, config.storage)
+        conn.commit()
+    note = "a fresh database for this run"
+    if removed:
+        note += f"; removed those of earlier runs nothing used ({', '.join(removed)})"
+    return note
+
+
+def clear_sites(conn: psycopg.Connection, sites: list[str]) -> int:
+    """Delete what earlier runs stored for ``sites`` (readings, rejections, alerts, nights,
+    device status; the inventory stays, the import updates it). Rows deleted."""
+    devices = "SELECT id FROM devices WHERE site = ANY(%(sites)s)"
+    statements = [
+        f"DELETE FROM readings WHERE device_id IN ({devices})",
+        f"DELETE FROM device_status WHERE device_id IN ({devices})",
+        "DELETE FROM rejected_messages WHERE site = ANY(%(sites)s)",
+        "DELETE FROM alerts WHERE site = ANY(%(sites)s)",
+        "DELETE FROM dma_nights WHERE site = ANY(%(sites)s)",
+    ]
+    return sum(conn.execute(q, {"sites": sites}).rowcount for q in statements)
+
+
+def _remove_earlier_runs(db_url: str) -> list[str]:
+    """Drop the demo databases of earlier runs on this server that no session uses."""
+    removed: list[str] = []
+    try:
+        admin = connect(with_database(db_url, "postgres"), autocommit=True)
+    except SobrietyError as exc:
+        log.info("could not look for earlier demo databases (%s)", exc)
+        return removed
+    with admin:
+        names = [
+            str(r[0])
+            for r in admin.execute(
+                """SELECT datname FROM pg_database d
+                   WHERE (datname = %s OR datname LIKE %s)
+                   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)
+                   ORDER BY 1""",
+                (DEMO_DATABASE, DEMO_DATABASE + r"\_%"),
             )
-            + "\n"
+        ]
+        for name in names:
+            try:
+                admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+            except psycopg.Error as exc:  # in use after all: keep it
+                log.info("kept %s (%s)", name, exc)
+            else:
+                removed.append(name)
+    return removed
+
+
+def _ingest_config(
+    config: Config, services: Services, root: str, run_id: str, scratch: Path, serve: bool
+) -> Config:
+    return config.replace(
+        config.database.model_copy(update={"url": services.db_url}),
+        config.mqtt.model_copy(
+            update={
+                "url": services.mqtt_url,
+                "protocol": services.mqtt_protocol,
+                "root": root,
+                "client_id": f"sobriety-demo-{run_id}",
+                "shared_group": None,
+                "session_expiry_s": 3600 if serve else 300,
+            }
+        ),
+        config.section(IngestConfig).model_copy(
+            update={"spool_dir": scratch / "spool", "workers": 1}
+        ),
+    )
+
+
+def _start_ingest(ingest_config: Config) -> IngestService:
+    service = IngestService(ingest_config)
+    try:
+        service.start()
+    except OSError as exc:  # the metrics port is taken: run without the endpoint
+        log.warning("metrics endpoint unavailable (%s); continuing without it", exc)
+        service.stop()
+        no_endpoint = ingest_config.metrics.model_copy(update={"port": 0})
+        service = IngestService(ingest_config.replace(no_endpoint))
+        service.start()
+    return service
+
+
+def _simulate(
+    town: Town,
+    days: float,
+    services: Services,
+    service: IngestService,
+    ingest_config: Config,
+    run_id: str,
+) -> tuple[Fleet, Backfill | None]:
+    """Play the days: those older than the ingest's window through the backfill, the rest over
+    MQTT with back-pressure; returns once everything sent is durable."""
+    icfg = ingest_config.section(IngestConfig)
+    start = resolve_start(town.scenario, days)
+    live_days = max(icfg.past_window_s / 86400.0 - 1.0, 0.5)  # a day of margin in the window
+    backfill_until = start + (days - live_days) * 86400.0
+    backfill = None
+    store = None
+    if days > live_days:
+        with connect(services.db_url) as conn:
+            ids = {(s, d): i for s, d, i in conn.execute("SELECT site, device, id FROM devices")}
+        limits = Limits(
+            icfg.max_payload_bytes, icfg.max_records, icfg.past_window_s, icfg.future_window_s
         )
-    out.flush()
+        store = Store(services.db_url)
+        pipeline = Pipeline(lambda site, dev: ids.get((site, dev)), town.scenario.root, limits)
+        backfill = Backfill(store, pipeline, icfg.batch_rows)
+    ahead = (
+        AHEAD_OWN_BROKER if services.mqtt_origin == "private mosquitto" else AHEAD_UNKNOWN_BROKER
+    )
+
+    def pace(sent: int) -> None:
+        if sent - service.written > ahead and not service.wait_written(
+            sent - ahead // 2, WRITE_TIMEOUT_S
+        ):
+            raise DemoError(
+                f"the ingest wrote nothing for {WRITE_TIMEOUT_S:.0f} s "
+                f"({service.written:,} of {sent:,} messages written)"
+            )
+
+    fleet = Fleet(
+        town,
+        services.mqtt_url,
+        speed=0.0,
+        days=days,
+        start=start,
+        protocol=services.mqtt_protocol,
+        client_prefix=f"sobriety-demo-{run_id}",
+        backfill=backfill.add if backfill is not None else None,
+        backfill_until=backfill_until,
+        pace=pace,
+    )
+    try:
+        fleet.connect()
+        with progress_bar("simulating") as progress:
+            fleet.run(progress=progress)
+        fleet.wait_published()
+    finally:
+        fleet.close()
+    try:
+        if backfill is not None:
+            backfill.flush()
+    finally:
+        if store is not None:
+            store.close()
+    _wait_written(service, fleet.sent_live)
+    return fleet, backfill
+
+
+def _wait_written(service: IngestService, sent: int) -> None:
+    """Until the ingest made durable every message published (they all reached the broker);
+    an ingest that stops making progress for :data:`WRITE_TIMEOUT_S` is reported, and the
+    summary then shows what is missing."""
+    while service.written < sent:
+        before = service.written
+        if not service.wait_written(sent, WRITE_TIMEOUT_S) and service.written == before:
+            log.warning("ingest idle with %d of %d messages written", service.written, sent)
+            return

@@ -71,7 +71,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         configured_db = config.db_conninfo()
     stop = threading.Event()
     install_signals(stop.set)
-    run_demo(
+    report = run_demo(
         config,
         days=args.days,
         seed=args.seed,
@@ -83,4 +83,4 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         stop=stop,
         out=sys.stdout,
     )
-    return 0
+    return 1 if report.problems else 0

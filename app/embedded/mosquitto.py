@@ -39,19 +39,28 @@ def mosquitto_binary() -> str | None:
     return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").is_file() else None
 
 
-def mosquitto_conf(port: int, directory: Path, user: str) -> str:
+QUEUED_MAX = 2_000_000
+"""Messages our brokers queue per session (Mosquitto's default, 1000, drops the rest)."""
+
+
+def mosquitto_conf(port: int, directory: Path, user: str, raised_limits: bool = True) -> str:
     """The configuration of a private broker: anonymous on 127.0.0.1:``port``, persistence and
-    log in ``directory``, queue limits high enough that nothing is dropped, and ``user`` (the
-    broker started as root switches to it, so its files stay ours)."""
+    log in ``directory``, queue limits high enough that nothing is dropped (or, without
+    ``raised_limits``, Mosquitto's own defaults: 1000 queued, 20 in flight — what a broker
+    installed from Debian has), and ``user`` (the broker started as root switches to it, so its
+    files stay ours)."""
+    limits = (
+        f"max_queued_messages {QUEUED_MAX}\nmax_queued_bytes 0\nmax_inflight_messages 1000\n"
+        if raised_limits
+        else ""
+    )
     return (
         f"listener {port} 127.0.0.1\n"
         "allow_anonymous true\n"
         "persistence true\n"
         f"persistence_location {directory}/\n"
         "autosave_interval 1\n"
-        "max_queued_messages 2000000\n"
-        "max_queued_bytes 0\n"
-        "max_inflight_messages 1000\n"
+        f"{limits}"
         f"log_dest file {directory}/mosquitto.log\n"
         f"user {user}\n"
     )
@@ -60,11 +69,14 @@ def mosquitto_conf(port: int, directory: Path, user: str) -> str:
 class Mosquitto:
     """A private broker in ``directory``; the port is chosen at the first start and kept."""
 
-    def __init__(self, directory: Path, binary: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, binary: str | None = None, raised_limits: bool = True
+    ) -> None:
         found = binary or mosquitto_binary()
         if found is None:
             raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
         self.binary = found
+        self.raised_limits = raised_limits
         self.directory = directory
         self.conf = directory / "mosquitto.conf"
         self.logfile = directory / "mosquitto.log"
@@ -86,7 +98,8 @@ class Mosquitto:
             if attempts > 1:
                 self.port = free_port()
             user = pwd.getpwuid(os.geteuid()).pw_name
-            self.conf.write_text(mosquitto_conf(self.port, self.directory, user))
+            conf = mosquitto_conf(self.port, self.directory, user, self.raised_limits)
+            self.conf.write_text(conf)
             if self._run():
                 log.info("started mosquitto in %s on 127.0.0.1:%d", self.directory, self.port)
                 return
