@@ -11,6 +11,8 @@ from psycopg.rows import dict_row
 
 from core.errors import SobrietyError
 
+ALERT_KINDS = ("leak", "data_gap", "continuous_flow", "high_consumption")
+"""The kinds of alert this stage opens."""
 COLUMNS = (
     "id, kind, site, subject_type, subject, opened_at, closed_at, state, estimated_flow_m3h, "
     "details, started_at, updated_at, acknowledged_at, acknowledged_by, resolved_at, resolved_by"

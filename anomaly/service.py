@@ -22,6 +22,7 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from anomaly import store
+from anomaly.alerts import ALERT_KINDS
 from anomaly.config import AnomalyConfig
 from anomaly.customers import continuous_flow_state, flag_runs, high_consumption_state
 from anomaly.detect import BurstParams, Episode, StepParams, detect_bursts, detect_steps
@@ -31,8 +32,6 @@ from core.db import connect
 from core.errors import SobrietyError
 
 log = logging.getLogger(__name__)
-
-ALERT_KINDS = ("leak", "data_gap", "continuous_flow", "high_consumption")
 
 
 class AnomalyMetrics:

@@ -9,8 +9,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from anomaly.service import ALERT_KINDS
-from app.demo import MAX_DAYS
+from anomaly.alerts import ALERT_KINDS
 from core import __version__
 from core.errors import RejectReason
 
@@ -18,6 +17,8 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TIME_FORMAT = "an ISO 8601 time with offset (2026-11-01T00:00:00+01:00), now, or a duration before now (30m, 24h, 7d)"  # noqa: E501
 ALERT_STATES = ("open", "acknowledged", "resolved", "active")
+DEMO_MAX_DAYS = 31.0
+"""The longest demo: a month of the demo town (about 300,000 messages)."""
 REASONS = tuple(r.value for r in RejectReason)
 
 
@@ -211,9 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--days",
-        type=_number(0.0, MAX_DAYS),
+        type=_number(0.0, DEMO_MAX_DAYS),
         default=1.0,
-        help=f"simulated days, up to {MAX_DAYS:g} (default 1; 3 or more assess customer leaks)",
+        help=f"simulated days, up to {DEMO_MAX_DAYS:g} (default 1; 3 or more assess customer "
+        "leaks)",
     )
     demo.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     demo.add_argument("--serve", action="store_true", help="keep the ingest running afterwards")

@@ -33,6 +33,7 @@ from psycopg import sql
 
 from anomaly.config import AnomalyConfig
 from anomaly.service import Scanner
+from app.cli_parser import DEMO_MAX_DAYS
 from app.demo_report import DemoReport, gather, render
 from app.embedded import ServiceError, Services, resolve_services
 from app.progress import progress_bar
@@ -50,8 +51,7 @@ from simulators.fleet import resolve_start
 
 log = logging.getLogger("sobriety.demo")
 
-MAX_DAYS = 31.0
-"""The longest demo: a month of the demo town (about 300,000 messages)."""
+MAX_DAYS = DEMO_MAX_DAYS
 AHEAD_UNKNOWN_BROKER = 500
 """Messages the simulator may run ahead of the ingest on a broker we did not start (Mosquitto's
 default queue holds 1000 per session and drops the rest)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,19 @@ def test_two_runs_into_one_database_do_not_mix(fresh_db_url: str, tmp_path: Path
     assert flagged == second.customer_leaks
     assert len(flagged) == 2
     assert f"flagged as continuous flow: {', '.join(flagged)}" in out
+    # The hints run as printed, from anywhere.
+    hints = [line.strip() for line in out.split("where to look:", 1)[1].splitlines()]
+    export = next(h for h in hints if " export readings " in h)
+    done = subprocess.run(export, shell=True, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()
+    assert rows[0] == "time,site,device,metric,value,unit"
+    assert len(rows) > 10_000
+    assert {r.split(",")[1] for r in rows[1:]} == {"lyon-3e"}
+    alerts = next(h for h in hints if h.endswith(" alerts list"))
+    done = subprocess.run(alerts, shell=True, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("continuous_flow") == 2
 
 
 def test_days_older_than_the_window_go_through_the_backfill(tmp_path: Path) -> None:
