@@ -59,6 +59,8 @@ AHEAD_OWN_BROKER = 100_000
 """The same on the demo's own Mosquitto, which queues two million."""
 WRITE_TIMEOUT_S = 120.0
 """An ingest that writes nothing for this long while messages are due has failed."""
+SETTLE_STALL_S = 10.0
+"""Readings that stopped arriving for this long are lost: the summary says so."""
 DEMO_DATABASE = "sobriety_demo"
 
 
@@ -120,6 +122,7 @@ def run_demo(
                 raise ServiceError(f"the ingest did not subscribe at {services.mqtt_url}")
             fleet, backfill = _simulate(town, days, services, service, ingest_config, run_id)
             truth = fleet.truth
+            _settle(service, services.db_url, sites, truth.readings)
             truth_path = scratch / "truth.json"
             truth.write(truth_path)
             with connect(services.db_url) as conn:
@@ -332,3 +335,28 @@ def _wait_written(service: IngestService, sent: int) -> None:
         if not service.wait_written(sent, WRITE_TIMEOUT_S) and service.written == before:
             log.warning("ingest idle with %d of %d messages written", service.written, sent)
             return
+
+
+def _settle(service: IngestService, db_url: str, sites: list[str], readings: int) -> None:
+    """Before counting: what went to the spool (the database busy for a moment) is replayed,
+    no batch is open, and — a message delivered twice after a reconnection counts twice in
+    ``written`` — the readings themselves are in the database, or stopped arriving for
+    :data:`SETTLE_STALL_S` (a loss, which the summary then shows)."""
+    last, still_since = -1, time.monotonic()
+    with connect(db_url, autocommit=True) as conn:
+        while True:
+            busy = service.spool.size_bytes > 0 or service.batcher.pending() > 0
+            row = conn.execute(
+                "SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device_id "
+                "WHERE d.site = ANY(%s)",
+                (sites,),
+            ).fetchone()
+            stored = int(row[0]) if row is not None else 0
+            if not busy and stored >= readings:
+                return
+            if stored != last or busy:
+                last, still_since = stored, time.monotonic()
+            elif time.monotonic() - still_since > SETTLE_STALL_S:
+                log.warning("%d of %d readings in the database", stored, readings)
+                return
+            time.sleep(0.1)  # polls a row count and the spool: there is no event to wait on
