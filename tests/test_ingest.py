@@ -8,7 +8,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psycopg
@@ -395,7 +394,6 @@ def test_run_and_anomaly_commands_serve_their_metrics(
     tmp_path: Path,
     site: str,
     root: str,
-    ingest_process: Callable[[Config], Any],
 ) -> None:
     """``sobriety run``: the ingest and leak detection in one process, one endpoint;
     ``sobriety anomaly``: the periodic service alone."""
