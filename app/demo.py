@@ -51,7 +51,6 @@ from simulators.fleet import resolve_start
 
 log = logging.getLogger("sobriety.demo")
 
-MAX_DAYS = DEMO_MAX_DAYS
 AHEAD_UNKNOWN_BROKER = 500
 """Messages the simulator may run ahead of the ingest on a broker we did not start (Mosquitto's
 default queue holds 1000 per session and drops the rest)."""
@@ -84,8 +83,8 @@ def run_demo(
 ) -> DemoReport:
     """Run the demo and print its summary to ``out``; keep serving until ``stop`` if ``serve``.
     The report's ``problems`` are empty when everything matched the ground truth."""
-    if not 0 < days <= MAX_DAYS:
-        raise DemoError(f"--days {days:g}: expected more than 0 and at most {MAX_DAYS:g}")
+    if not 0 < days <= DEMO_MAX_DAYS:
+        raise DemoError(f"--days {days:g}: expected more than 0 and at most {DEMO_MAX_DAYS:g}")
     started = time.monotonic()
     run_id = f"{datetime.now(UTC):%Y%m%d_%H%M%S}_{secrets.token_hex(2)}"
     scratch = Path(tempfile.mkdtemp(prefix="sobriety-demo-")) if workdir is None else workdir

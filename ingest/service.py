@@ -12,17 +12,12 @@ again and is deduplicated on (device, metric, time).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
@@ -33,12 +28,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from core.config import Config
 from core.contract import uplink_filter
-from core.db import DatabaseError, connect, redact
 from core.errors import RejectReason
 from ingest.acks import send_pubacks
+from ingest.batcher import Batch, Batcher
 from ingest.config import IngestConfig
+from ingest.inventory_cache import InventoryCache, snapshot_name
 from ingest.metrics import IngestMetrics
-from ingest.pipeline import Limits, Outcome, Pipeline, Rejection, Row
+from ingest.pipeline import Limits, Outcome, Pipeline, Rejection
 from ingest.spool import Spool, SpoolFullError, decode_frame, encode_frame
 from ingest.store import Store
 
@@ -47,154 +43,6 @@ DISCONNECT_TIMEOUT_S = 5.0
 """How long a stop waits for the broker's UNSUBACK and for the DISCONNECT to be written."""
 _BARRIER_FILTER = "$sobriety-ingest-barrier/none"
 """A filter never subscribed: unsubscribing from it is a round trip that changes nothing."""
-
-
-def snapshot_name(conninfo: str) -> str:
-    """The file of the inventory snapshot of one database: a spool directory may serve an
-    ingest that is pointed at another database later, and must not lend it this inventory."""
-    digest = hashlib.sha256(redact(conninfo).encode()).hexdigest()[:16]
-    return f"inventory-{digest}.json"
-
-
-class InventoryCache:
-    """(site, device) → device id, reloaded on a miss at most every ``refresh_s`` seconds.
-
-    A snapshot is kept in the spool directory so that the ingest can start (and validate)
-    while the database is down.
-    """
-
-    def __init__(self, conninfo: str, refresh_s: float, snapshot: Path) -> None:
-        self._conninfo = conninfo
-        self._refresh_s = refresh_s
-        self._snapshot = snapshot
-        self._ids: dict[tuple[str, str], int] = {}
-        self._loaded_at = 0.0
-        self._lock = threading.Lock()
-
-    def load(self) -> bool:
-        """Reload from the database (True), or from the snapshot when it is down (False)."""
-        try:
-            with connect(self._conninfo, timeout_s=3) as conn:
-                rows = conn.execute("SELECT site, device, id FROM devices").fetchall()
-        except (DatabaseError, psycopg.Error) as exc:
-            self._loaded_at = time.monotonic()
-            if not self._ids and self._snapshot.exists():
-                data = orjson.loads(self._snapshot.read_bytes())
-                self._ids = {(s, d): i for s, d, i in data}
-                log.warning("database unreachable (%s); using the inventory snapshot", exc)
-            return False
-        ids = {(s, d): i for s, d, i in rows}
-        with self._lock:
-            self._ids = ids
-            self._loaded_at = time.monotonic()
-        tmp = self._snapshot.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(rows))
-        tmp.replace(self._snapshot)
-        return True
-
-    @property
-    def size(self) -> int:
-        """Devices known."""
-        return len(self._ids)
-
-    def lookup(self, site: str, device: str) -> int | None:
-        """The device id, or None when the device is not registered."""
-        found = self._ids.get((site, device))
-        if found is None and time.monotonic() - self._loaded_at >= self._refresh_s:
-            self.load()
-            found = self._ids.get((site, device))
-        return found
-
-
-@dataclass(slots=True)
-class Batch:
-    """Messages gathered for one write. ``acks`` are (connection generation, mid, qos)."""
-
-    rows: list[Row] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-    acks: list[tuple[int, int, int]] = field(default_factory=list)
-    newest: list[float] = field(default_factory=list)
-    messages: int = 0
-    started: float = 0.0  # monotonic time of the first message
-    last: float = 0.0  # monotonic time of the last message
-
-    @property
-    def size(self) -> int:
-        """Rows plus rejections: what the batch limit counts."""
-        return len(self.rows) + len(self.rejections)
-
-
-class Batcher:
-    """Gathers outcomes until ``max_rows``, or ``max_ms`` after the first one, or ``idle_ms``
-    after the last one (0: no idle limit).
-
-    The idle limit matters when the broker holds messages back: a broker that sends at most N
-    unacknowledged messages (Mosquitto's default ``max_inflight_messages`` is 20) sends nothing
-    more until the batch is written and acknowledged, so waiting ``max_ms`` for more would cap
-    the ingest at N messages per ``max_ms``.
-    """
-
-    def __init__(self, max_rows: int, max_ms: int, idle_ms: int = 0) -> None:
-        self._max_rows = max_rows
-        self._max_s = max_ms / 1000.0
-        self._idle_s = idle_ms / 1000.0 if idle_ms else math.inf
-        self._batch = Batch()
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def add(self, outcome: Outcome, ack: tuple[int, int, int] | None) -> bool:
-        """Add one message's outcome; False when closed (the message stays unacknowledged)."""
-        with self._cond:
-            if self._closed:
-                return False
-            batch = self._batch
-            batch.last = time.monotonic()
-            if not batch.messages:
-                batch.started = batch.last
-            batch.messages += 1
-            batch.rows.extend(outcome.rows)
-            batch.rejections.extend(outcome.rejections)
-            if ack is not None:
-                batch.acks.append(ack)
-            if outcome.newest:
-                batch.newest.append(outcome.newest)
-            if batch.size >= self._max_rows:
-                self._cond.notify()
-        return True
-
-    def pending(self) -> int:
-        """Messages in the open batch."""
-        return self._batch.messages
-
-    def take(self, timeout: float) -> Batch | None:
-        """The batch when full or due, waiting at most ``timeout`` s; None if nothing is due."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                batch = self._batch
-                now = time.monotonic()
-                due = batch.messages and (
-                    batch.size >= self._max_rows
-                    or now - batch.started >= self._max_s
-                    or now - batch.last >= self._idle_s
-                    or self._closed
-                )
-                if due:
-                    self._batch = Batch()
-                    return batch
-                if now >= deadline or self._closed:
-                    return None
-                wait = deadline - now
-                if batch.messages:
-                    due_at = min(batch.started + self._max_s, batch.last + self._idle_s)
-                    wait = min(wait, due_at - now)
-                self._cond.wait(max(wait, 0.001))
-
-    def close(self) -> None:
-        """Refuse new messages; the open batch becomes due at once."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
 
 class IngestService:

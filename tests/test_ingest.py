@@ -343,7 +343,7 @@ def test_bad_configuration_exits_2_naming_the_key(
 def test_the_inventory_snapshot_belongs_to_one_database(
     conn: psycopg.Connection, db_url: str, site: str, tmp_path: Path
 ) -> None:
-    from ingest.service import InventoryCache, snapshot_name
+    from ingest.inventory_cache import InventoryCache, snapshot_name
 
     register(conn, site, ("lum-1", "luminaire"))
     first = InventoryCache(db_url, 0, tmp_path / snapshot_name(db_url))

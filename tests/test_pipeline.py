@@ -142,8 +142,8 @@ def test_many_problems_are_summarised() -> None:
 def test_a_batch_closes_when_no_message_comes() -> None:
     """A broker that holds messages back until they are acknowledged sends nothing more: the
     batch must not wait for ``batch_ms``."""
+    from ingest.batcher import Batcher
     from ingest.pipeline import Outcome
-    from ingest.service import Batcher
 
     batcher = Batcher(max_rows=1_000_000, max_ms=600_000, idle_ms=20)
     for mid in (1, 2, 3):
