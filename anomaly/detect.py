@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import brentq
 
-from core.arrays import BoolArray, FloatArray, IntArray
+from anomaly.pressure import PressureEvidence, PressureParams
+from core.arrays import BoolArray, FloatArray
 
 MAD_TO_SIGMA = 1.4826
 """Scale factor from the median absolute deviation to the standard deviation of a normal law."""
@@ -46,7 +47,15 @@ class StepParams:
     - ``min_sigma_fraction``: floor of the noise scale, as a fraction of the baseline (meter
       accuracy: a 1 % meter cannot see night-to-night changes below that).
     - ``close_nights``: consecutive nights back under the reference that end an episode.
-    - ``confirm_nights``: consecutive nights above the reference an alarm needs.
+    - ``confirm_nights``: consecutive nights above the reference an alarm needs (one when
+      pressure confirms the rise is water leaving the pipes).
+    - ``max_drift_fraction_per_week``: fastest change of the leak-free night flow the baseline
+      follows, as a fraction of the MNF per week (seasonal background leakage, a population
+      that slowly changes); anything faster is a change worth flagging.
+    - ``trend_min_nights``: baseline nights needed to estimate that trend.
+    - ``trend_horizon_nights``: nights a trend is extrapolated past the last learnt night.
+    - ``drift_nights``: consecutive nights below the smallest leak worth finding that end an
+      alert as a drift (its nights are then learnt).
     """
 
     min_leak_fraction: float = 0.05
@@ -57,6 +66,10 @@ class StepParams:
     min_sigma_fraction: float = 0.01
     close_nights: int = 2
     confirm_nights: int = 2
+    max_drift_fraction_per_week: float = 0.02
+    trend_min_nights: int = 14
+    trend_horizon_nights: int = 7
+    drift_nights: int = 7
 
 
 @dataclass(slots=True)
@@ -68,7 +81,8 @@ class Episode:
     at baseline, start of the first night above it) and ``started_at`` (their midpoint),
     ``ended_at`` (start of the first night back at baseline, None while it lasts).
     ``flow_m3h``: estimated leak flow (mean excess over baseline of the last nights) [m³/h].
-    ``baseline_m3h`` and ``sigma_m3h``: the baseline and noise scale frozen at the change.
+    ``baseline_m3h`` and ``sigma_m3h``: the baseline and noise scale frozen at the change;
+    ``end_reason`` why it ended; ``evidence`` what confirmed it (pressure figures).
     """
 
     detector: str
@@ -80,12 +94,18 @@ class Episode:
     sigma_m3h: float
     ended_at: float | None = None
     excess: list[float] = field(default_factory=list)
+    end_reason: str = ""
+    evidence: dict[str, float | str] = field(default_factory=dict)
 
     @property
     def started_at(self) -> float:
         """Estimated start [s since epoch]: midpoint of the bounds."""
         return (self.start_after + self.start_before) / 2.0
 
+
+DAY_TYPE_NIGHTS = 5
+"""Nights of a day type (weekday / weekend) its own median needs; with fewer, all the pooled
+nights share one (the median of 3 weekend nights is too rough a reference)."""
 
 _EXP_MAX = 700.0  # math.exp overflows a float above ~709.78
 _HUGE = 1e300
@@ -128,6 +148,62 @@ def robust_location_scale(values: FloatArray) -> tuple[float, float]:
     return med, MAD_TO_SIGMA * float(np.median(np.abs(finite - med)))
 
 
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """The leak-free night flow expected at a time: ``level`` [m³/h] at ``anchor`` [s], moving
+    by ``slope`` [m³/h per s] up to ``horizon`` [s] (then flat); ``sigma`` its noise scale
+    and ``mnf`` the usual MNF [m³/h] that sizes the smallest leak."""
+
+    level: float
+    anchor: float
+    slope: float
+    horizon: float
+    sigma: float
+    mnf: float
+
+    def at(self, t: float) -> float:
+        """Expected net night flow at ``t`` [m³/h]."""
+        return self.level + self.slope * (min(t, self.horizon) - self.anchor)
+
+    def raised(self, by: float) -> Reference:
+        """The same reference ``by`` m³/h higher (a new normal under an alert)."""
+        return Reference(self.level + by, self.anchor, self.slope, self.horizon, self.sigma,
+                         self.mnf)  # fmt: skip
+
+
+def reference(
+    t: FloatArray, values: FloatArray, weekend: BoolArray, scale: FloatArray, now: float,
+    today_weekend: bool, params: StepParams,
+) -> Reference:  # fmt: skip
+    """The reference of a night at ``now`` from the pooled leak-free nights (times ``t`` [s],
+    net flows ``values``, day types, MNFs ``scale``): the median of its day type (of all when
+    it has fewer than ``DAY_TYPE_NIGHTS``), plus a robust trend (Theil-Sen: the median of the
+    pairwise slopes of the residuals) when the pool holds ``trend_min_nights`` nights, capped at
+    ``max_drift_fraction_per_week`` of the MNF per week and extrapolated at most
+    ``trend_horizon_nights`` past the last pooled night. Noise scale of the detrended
+    residuals (:func:`noise_scale`)."""
+    overall = _median_1d(values)
+    medians = {}
+    for kind in (False, True):
+        sel = values[weekend == kind]
+        medians[kind] = _median_1d(sel) if len(sel) >= DAY_TYPE_NIGHTS else overall
+    resid = values - np.where(weekend, medians[True], medians[False])
+    mnf = max(_median_1d(scale), medians[today_weekend])
+    slope = 0.0
+    if len(values) >= params.trend_min_nights:
+        dt = t[:, None] - t[None, :]
+        upper = dt > 0
+        slopes = (resid[:, None] - resid[None, :])[upper] / dt[upper]
+        cap = params.max_drift_fraction_per_week * abs(mnf) / (7 * 86400.0)
+        slope = float(np.clip(_median_1d(slopes), -cap, cap)) if slopes.size else 0.0
+    horizon = float(t.max()) + params.trend_horizon_nights * 86400.0
+    anchor = min(now, horizon)
+    projected = resid - slope * (t - anchor)
+    shift = _median_1d(projected)
+    sigma = noise_scale(projected - shift)
+    return Reference(medians[today_weekend] + shift, anchor, slope, horizon, sigma, mnf)
+
+
 def detect_steps(
     window_start: FloatArray,
     window_end: FloatArray,
@@ -138,82 +214,160 @@ def detect_steps(
     mnf: FloatArray | None = None,
     baseline_out: FloatArray | None = None,
     learn: BoolArray | None = None,
+    pressure: PressureEvidence | None = None,
+    pressure_params: PressureParams | None = None,
+    holiday: BoolArray | None = None,
 ) -> list[Episode]:
     """Leaks as steps up of the net night flow.
 
     ``window_start``/``window_end``: night windows [s since epoch], increasing; ``net_flow``:
-    net night flow per night [m³/h], NaN for a night with a gap (it neither raises nor clears an
-    alarm); ``weekend``: day type of each night; ``resets``: times [s] at which a person accepted
-    the current level (an alert resolved by hand): history before is forgotten; ``mnf``: the MNF
-    per night [m³/h], which scales the smallest leak (defaults to ``net_flow``);
-    ``baseline_out``: if given, receives the baseline of each assessed night [m³/h];
-    ``learn``: False for nights that are tested but never learnt (school holidays: households
-    away lower the night use for a while, and learning it would make their return a step).
+    net night flow per night [m³/h], NaN for a night not assessed (it neither raises nor clears
+    an alarm); ``weekend``: day type of each night; ``resets``: times [s] at which a person
+    accepted the current level (an alert resolved by hand): history before is forgotten;
+    ``mnf``: the MNF per night [m³/h], which scales the smallest leak (defaults to
+    ``net_flow``); ``baseline_out``: if given, receives the reference of each assessed night
+    [m³/h]; ``learn``: False for nights that are tested but never learnt (school holidays:
+    households away lower the night use for a while, and learning it would make their return a
+    step); ``pressure``: evidence of the DMA's pressure sensors per night
+    (:mod:`anomaly.pressure`), None without sensors; ``holiday``: nights of the configured
+    holidays, a day type of their own — their reference is learnt from holiday nights only
+    (households away lower the night use, holiday homes that fill up raise it, for weeks), and
+    until ``min_baseline_nights`` holiday nights are learnt, holiday nights are tested against
+    ordinary nights (a leak that starts with the holidays is not learnt with them).
+
+    An episode ends when the flow is back under the reference for ``close_nights`` nights
+    (``end_reason`` "returned to baseline"), when it stays below the smallest leak worth
+    finding for ``drift_nights`` — below twice that when the flow already crept up over the
+    nights before the alarm — (a slow drift, not a leak: its nights are learnt, "drift"), or
+    when a further step rises on top of it (a second leak: the episode ends and a new one
+    starts from the first one's level, "further rise").
 
     Returns the episodes in time order; the last one has ``ended_at`` None if still running.
     """
     n = len(net_flow)
     scale = net_flow if mnf is None else mnf
+    rule = pressure_params or PressureParams()
+    hol = np.zeros(n, dtype=bool) if holiday is None else holiday
     clean = np.zeros(n, dtype=bool)  # valid nights at baseline, usable for learning
     learnable = np.ones(n, dtype=bool) if learn is None else learn
     episodes: list[Episode] = []
     current: Episode | None = None
+    nights_in: list[int] = []  # nights of the current episode
     s = 0.0
     run_start = -1  # first night of the current run of positive CUSUM
-    below = above = 0
+    below = above = low = 0
     last_clean_end = math.nan
     reset_queue = sorted(resets)
     forget_before = -math.inf
-    frozen: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # baseline, sigma, k
+    frozen: Reference | None = None
+    gradual = False  # the current episode's flow crept up before the alarm (no step)
+    k = delta = math.nan
 
     for i in range(n):
         while reset_queue and reset_queue[0] <= window_start[i]:
             forget_before = reset_queue.pop(0)
             if current is not None:
                 current.ended_at = forget_before
+                current.end_reason = "resolved by a person"
                 current = None
             s, run_start, below = 0.0, -1, 0
         x = net_flow[i]
         if not math.isfinite(x):
             continue
-        if current is not None:
-            base, sigma, k = frozen
+        if current is not None and frozen is not None:
+            base = frozen.at(float(window_start[i]))
             if baseline_out is not None:
                 baseline_out[i] = base
             excess = x - base
             current.excess.append(excess)
+            nights_in.append(i)
             current.flow_m3h = max(float(np.mean(current.excess[-3:])), 0.0)
-            below = below + 1 if excess < k else 0
+            # Back at baseline: under the reference, or under a quarter of the episode's own
+            # level (a repaired leak leaves no more than noise, whatever its size).
+            level = _median_1d(np.asarray(current.excess))
+            below = below + 1 if excess < max(k, 0.25 * level) else 0
+            # A drift: below the smallest leak worth finding — or, when the flow was already
+            # creeping up before the alarm (no step), below twice that.
+            low = low + 1 if excess < (2.0 if gradual else 1.0) * delta else 0
+            ended = ""
             if below >= params.close_nights:
-                current.ended_at = float(window_start[i - _back(net_flow, i, below)])
-                kept = current.excess[:-below] or current.excess
+                ended, back = "returned to baseline", below
+            elif low >= params.drift_nights:
+                ended, back = "drift", low
+                # A drift, not a leak: the nights of the episode become normal nights.
+                clean[nights_in] = learnable[nights_in]
+            if ended:
+                current.ended_at = float(window_start[nights_in[-back]])
+                current.end_reason = ended
+                kept = current.excess[:-back] or current.excess
+                # The estimate is the flow at its level, not the tail of a repair.
+                while len(kept) > 1 and kept[-1] < 0.5 * level:
+                    kept = kept[:-1]
                 current.flow_m3h = max(float(np.mean(kept[-3:])), 0.0)
                 current = None
-                s, run_start, below = 0.0, -1, 0
+                s, run_start, below, low = 0.0, -1, 0, 0
+                continue
+            rise = _further_rise(current.excess, max(delta, 3.0 * frozen.sigma), params)
+            if rise is not None:
+                first = nights_in[-params.confirm_nights]
+                current.ended_at = float(window_start[first])
+                current.end_reason = "further rise"
+                level = rise
+                on_top = [e - level for e in current.excess[-params.confirm_nights :]]
+                current.excess = current.excess[: -params.confirm_nights]
+                current.flow_m3h = max(float(np.mean(current.excess[-3:])), 0.0)
+                frozen = frozen.raised(level)
+                current = Episode(
+                    detector="night_flow",
+                    detected_at=float(window_end[i]),
+                    start_after=float(window_end[nights_in[-params.confirm_nights - 1]]),
+                    start_before=float(window_start[first]),
+                    flow_m3h=max(float(np.mean(on_top)), 0.0),
+                    baseline_m3h=frozen.at(float(window_start[i])),
+                    sigma_m3h=frozen.sigma,
+                    excess=on_top,
+                )
+                episodes.append(current)
+                nights_in = nights_in[-params.confirm_nights :]
+                below = low = 0
             continue
         # The last baseline_nights clean nights (holidays and alarms are skipped, so the pool
         # reaches further back after them), but none older than three times that.
         lo = window_start[i] - 3 * params.baseline_nights * 86400.0
-        pool = clean[:i] & (window_start[:i] >= max(lo, forget_before))
-        if pool.sum() > params.baseline_nights:
-            pool[: np.nonzero(pool)[0][-params.baseline_nights]] = False
-        if pool.sum() < params.min_baseline_nights:  # warm-up: learn
+        recent = clean[:i] & (window_start[:i] >= max(lo, forget_before))
+        pool = _last(recent & (hol[:i] == hol[i]), params.baseline_nights)
+        if hol[i] and pool.sum() < params.min_baseline_nights:
+            # The first holiday nights are tested against ordinary nights (a leak that starts
+            # with the holidays is not learnt with them) while they are learnt as holidays.
+            pool = _last(recent & ~hol[:i], params.baseline_nights)
+        if pool.sum() < params.min_baseline_nights:  # warm-up (of the day type): learn
             clean[i] = learnable[i]
             last_clean_end = float(window_end[i])
             continue
-        base, sigma = _day_type_baseline(net_flow[:i], weekend[:i], pool, bool(weekend[i]))
+        ref = reference(
+            window_start[:i][pool], net_flow[:i][pool], weekend[:i][pool], scale[:i][pool],
+            float(window_start[i]), bool(weekend[i]), params,
+        )  # fmt: skip
+        base = ref.at(float(window_start[i]))
         if baseline_out is not None:
             baseline_out[i] = base
-        ref = max(float(np.median(scale[:i][pool])), base)
-        sigma = max(sigma, params.min_sigma_fraction * ref, 1e-6)
-        delta = max(params.min_leak_fraction * ref, params.min_leak_m3h)
+        sigma = max(ref.sigma, params.min_sigma_fraction * ref.mnf, 1e-6)
+        delta = max(params.min_leak_fraction * ref.mnf, params.min_leak_m3h)
         k = max(delta / 2.0, 0.5 * sigma)
         h = cusum_threshold(k / sigma, params.false_alarm_nights) * sigma
         excess = x - base
+        verdict = (
+            pressure.verdict(i, ref.mnf, excess, rule)
+            if pressure is not None and excess > k else "silent"
+        )  # fmt: skip
+        if verdict == "contradicted":
+            # A rise the pressure would show and does not: the meter changed, not the water.
+            excess = 0.0
         s_new = max(0.0, s + excess - k)
         # A step is "up and staying up": the alarm also needs confirm_nights nights in a row
         # above the reference, since single-night spikes (someone filling a pool at 3 am) are
-        # far more frequent than Gaussian noise would have them.
+        # far more frequent than Gaussian noise would have them — one night when the
+        # pressure fell as much as that much more water through the pipes makes it fall.
         above = above + 1 if excess > k else 0
         if s_new > 0 and s == 0:
             run_start = i
@@ -226,10 +380,19 @@ def detect_steps(
             last_clean_end = float(window_end[i])
             run_start = -1
             continue
-        if s > h and above >= params.confirm_nights:
+        # One night suffices when the pressure confirms a rise of at least twice the smallest
+        # leak: real water leaving the pipes, too large for the night-use spikes (a pool filled
+        # at 3 am) that the two-night rule is there for — pressure cannot tell those apart.
+        strong = verdict == "confirmed" and excess >= 2.0 * delta
+        confirm = 1 if strong else params.confirm_nights
+        if s > h and above >= confirm:
             first = run_start if run_start >= 0 else i
+            lead = [float(net_flow[j]) - ref.at(float(window_start[j]))
+                    for j in np.nonzero(pool)[0][-7:]]  # fmt: skip
+            gradual = bool(lead) and _median_1d(np.asarray(lead)) > 0.5 * k
             clean[first : i + 1] = False
-            excesses = [float(v) - base for v in net_flow[first : i + 1] if math.isfinite(v)]
+            nights_in = [j for j in range(first, i + 1) if math.isfinite(net_flow[j])]
+            excesses = [float(net_flow[j]) - ref.at(float(window_start[j])) for j in nights_in]
             current = Episode(
                 detector="night_flow",
                 detected_at=float(window_end[i]),
@@ -242,27 +405,42 @@ def detect_steps(
                 sigma_m3h=sigma,
                 excess=excesses,
             )
-            frozen = (base, sigma, k)
+            if pressure is not None:
+                current.evidence = {
+                    "pressure": verdict,
+                    "pressure_drop_z": round(float(pressure.drop_z[i]), 2),
+                    "pressure_expected_z": round(
+                        pressure.expected_z(i, ref.mnf, float(x - base)), 2),
+                    "pressure_sensors": int(pressure.sensors[i]),
+                }  # fmt: skip
+            frozen = Reference(ref.level, ref.anchor, ref.slope, ref.horizon, sigma, ref.mnf)
             episodes.append(current)
-            below = above = 0
+            below = above = low = 0
     return episodes
 
 
-def _day_type_baseline(
-    values: FloatArray, weekend: BoolArray, pool: BoolArray, today_weekend: bool
-) -> tuple[float, float]:
-    """Baseline [m³/h] of a night of the given day type and noise scale [m³/h] of the pool: the
-    median of the same day type when it has 3 nights or more (else of all), and the noise scale
-    of the residuals of every pooled night against its own day type's median."""
-    v = values[pool]
-    w = weekend[pool]
-    overall = _median_1d(v)
-    medians = {}
-    for kind in (False, True):
-        sel = v[w == kind]
-        medians[kind] = _median_1d(sel) if len(sel) >= 3 else overall
-    centre = np.where(w, medians[True], medians[False])
-    return medians[today_weekend], noise_scale(v - centre)
+def _last(pool: BoolArray, count: int) -> BoolArray:
+    """``pool`` with only its last ``count`` True entries kept."""
+    where = np.nonzero(pool)[0]
+    if len(where) > count:
+        pool = pool.copy()
+        pool[: where[-count]] = False
+    return pool
+
+
+def _further_rise(excess: list[float], jump: float, params: StepParams) -> float | None:
+    """The level [m³/h] of an episode's excess before its last ``confirm_nights`` nights if
+    those all stand more than ``jump`` above it (a second leak on top of the first), else None.
+    The level is the median of the 7 nights before, which must have held (their first and last
+    three within half of ``jump``)."""
+    m = params.confirm_nights
+    before = np.asarray(excess[:-m][-7:])
+    # A leak still growing (incipient, over days) is one leak: the level must have held (no
+    # trend between the first and the last nights of the seven).
+    if len(before) < 7 or abs(_median_1d(before[-3:]) - _median_1d(before[:3])) > jump / 2:
+        return None
+    level = _median_1d(before)
+    return level if all(e > level + jump for e in excess[-m:]) else None
 
 
 def _median_1d(values: FloatArray) -> float:
@@ -289,216 +467,3 @@ def noise_scale(residual: FloatArray) -> float:
         return float(srt[lo] + (srt[hi] - srt[lo]) * (pos - lo))
 
     return max(mad, (quantile(0.9) - quantile(0.1)) / 2.563)
-
-
-def _back(values: FloatArray, i: int, count: int) -> int:
-    """How many rows back from ``i`` the ``count``-th last finite value is (0 = ``i``)."""
-    seen, j = 0, i
-    while j >= 0:
-        if math.isfinite(values[j]):
-            seen += 1
-            if seen == count:
-                return i - j
-        j -= 1
-    return 0
-
-
-@dataclass(frozen=True, slots=True)
-class BurstParams:
-    """Parameters of the hourly burst detector.
-
-    - ``min_burst_fraction``: smallest burst to find quickly, as a fraction of the DMA's usual
-      minimum hourly net flow (0.2); smaller leaks are left to the night detector.
-    - ``min_burst_m3h``: absolute floor of that smallest burst [m³/h].
-    - ``false_alarm_hours``: mean leak-free hours between false alarms under Gaussian noise.
-    - ``profile_days``: days of history for the expected flow of each local hour.
-    - ``min_profile_days``: days of history needed before detecting.
-    - ``close_hours``: consecutive quiet hours back under half the smallest burst that end it.
-    - ``confirm_hours``: consecutive quiet hours above the reference an alarm needs.
-    - ``quiet_hours``: local hours [start, end) of low use, read to follow and close a burst.
-    """
-
-    min_burst_fraction: float = 0.2
-    min_burst_m3h: float = 0.05
-    false_alarm_hours: float = 24.0 * 2000.0
-    profile_days: int = 14
-    min_profile_days: int = 7
-    close_hours: int = 3
-    confirm_hours: int = 3
-    quiet_hours: tuple[int, int] = (0, 6)
-
-
-def detect_bursts(
-    hour_start: FloatArray,
-    day: IntArray,
-    hour: IntArray,
-    net_flow: FloatArray,
-    weekend: BoolArray,
-    params: BurstParams = BurstParams(),
-    resets: tuple[float, ...] = (),
-    learn: BoolArray | None = None,
-) -> list[Episode]:
-    """Bursts: a sudden rise of the hourly net inflow over its usual level at that local hour,
-    read in the quiet hours of the night (``quiet_hours``), hour by hour.
-
-    ``hour_start``: start of each local hour [s since epoch], increasing; ``day``: local day
-    number of each hour and ``hour``: its local hour (0-23; the repeated hour of the autumn DST
-    change is one merged hour, the missing spring hour is absent); ``net_flow``: mean net inflow
-    of the hour [m³/h] (NaN: gap); ``weekend``: day type. The expected flow of an hour is the
-    median of the same local hour over the last ``profile_days`` leak-free days of the same day
-    type (``learn`` False for hours never learnt: holidays); the CUSUM runs on the excess in
-    units of the quiet hours' noise scale. Hours in alarm are not learnt.
-    """
-    n = len(net_flow)
-    if n == 0:
-        return []
-    first_day = int(day[0])
-    ndays = int(day[-1]) - first_day + 1
-    grid = np.full((ndays, 24), np.nan)  # clean (learnable) values by local day and hour
-    learnable = np.ones(n, dtype=bool) if learn is None else learn
-    is_weekend = np.zeros(ndays, dtype=bool)
-    is_weekend[day - first_day] = weekend
-    episodes: list[Episode] = []
-    current: Episode | None = None
-    reset_queue = sorted(resets)
-    forget_day = -1
-    profile_day = -1
-    expected = spread = np.full(24, np.nan)
-    floor = math.nan
-    s, run_start, below, above = 0.0, -1, 0, 0
-    last_clean_end = math.nan
-    frozen_expected = np.full(24, np.nan)
-    close_below = math.nan
-    evidence_day = -1
-    last_scale = (math.nan, math.nan)
-    delta = k = h = math.nan
-    for i in range(n):
-        d = int(day[i]) - first_day
-        while reset_queue and reset_queue[0] <= hour_start[i]:
-            reset_queue.pop(0)
-            forget_day = d
-            if current is not None:
-                current.ended_at = float(hour_start[i])
-                current = None
-            s, run_start, below = 0.0, -1, 0
-        if d != profile_day:
-            profile_day = d
-            expected, spread, floor = _hour_profile(grid, is_weekend, d, max(forget_day, 0), params)
-        x = net_flow[i]
-        if not math.isfinite(x):
-            continue
-        hod = int(hour[i])
-        # Only the quiet hours are read: day-time use (unmetered customers, holidays, weather)
-        # varies far more than a burst of the size that matters, night use much less.
-        if not params.quiet_hours[0] <= hod < params.quiet_hours[1]:
-            continue
-        if d != evidence_day and current is None:
-            # Evidence is weighed night by night: several nights of small excess are the
-            # night detector's business, a burst shows within one night.
-            evidence_day, s, run_start, above = d, 0.0, -1, 0
-        if current is not None:
-            excess = x - frozen_expected[hod]
-            current.excess.append(excess)
-            current.flow_m3h = max(float(np.median(current.excess[-6:])), 0.0)
-            below = below + 1 if excess < close_below else 0
-            if below >= params.close_hours:
-                current.ended_at = float(hour_start[i]) - (below - 1) * 3600.0
-                kept = current.excess[:-below] or current.excess
-                current.flow_m3h = max(float(np.median(kept[-6:])), 0.0)
-                current = None
-                s, run_start, below = 0.0, -1, 0
-            continue
-        mu, sigma = expected[hod], spread[hod]
-        if not math.isfinite(mu):  # warm-up: learn
-            if learnable[i]:
-                grid[d, hod] = x
-            last_clean_end = float(hour_start[i]) + 3600.0
-            continue
-        if (floor, sigma) != last_scale:  # one noise scale per night: solve once
-            last_scale = (floor, sigma)
-            delta = max(params.min_burst_fraction * floor, params.min_burst_m3h)
-            k = max(delta / 2.0, 0.5 * sigma) / sigma
-            h = cusum_threshold(k, params.false_alarm_hours)
-        z = (x - mu) / sigma
-        s_new = max(0.0, s + z - k)
-        # A burst keeps flowing, a spike of use does not: confirm_hours in a row above.
-        above = above + 1 if z > k else 0
-        if s_new > 0 and s == 0:
-            run_start = i
-        s = s_new
-        if learnable[i]:  # learnt unless it ends up in an alarm (taken back below)
-            grid[d, hod] = x
-        if s == 0:
-            last_clean_end = float(hour_start[i]) + 3600.0
-            run_start = -1
-            continue
-        if s > h and above >= params.confirm_hours:
-            first = run_start if run_start >= 0 else i
-            rows = [j for j in range(first, i + 1) if math.isfinite(net_flow[j])]
-            for j in rows:
-                grid[int(day[j]) - first_day, int(hour[j])] = np.nan
-            excesses = [float(net_flow[j]) - expected[int(hour[j])] for j in rows]
-            quiet_of = [params.quiet_hours[0] <= int(hour[j]) < params.quiet_hours[1] for j in rows]
-            current = Episode(
-                detector="burst",
-                detected_at=float(hour_start[i]) + 3600.0,
-                start_after=last_clean_end
-                if math.isfinite(last_clean_end)
-                else float(hour_start[first]) - 3600.0,
-                start_before=float(hour_start[first]) + 3600.0,
-                flow_m3h=max(float(np.median(excesses[-3:])), 0.0),
-                baseline_m3h=floor,
-                sigma_m3h=float(sigma),
-                excess=[e for e, j in zip(excesses, quiet_of, strict=True) if j],
-            )
-            frozen_expected = expected.copy()
-            quiet = spread[params.quiet_hours[0] : params.quiet_hours[1]]
-            close_below = max(delta / 2.0, 2.0 * float(np.median(quiet)))
-            episodes.append(current)
-            below = above = 0
-    return episodes
-
-
-def _hour_profile(
-    grid: FloatArray, is_weekend: BoolArray, d: int, lo: int, params: BurstParams
-) -> tuple[FloatArray, FloatArray, float]:
-    """Expected flow and noise scale of each quiet local hour of day ``d`` [m³/h] (NaN for the
-    other hours), and the usual minimum hourly flow (the reference of burst sizes) [m³/h],
-    from days ``lo`` to ``d - 1``."""
-    q0, q1 = params.quiet_hours
-    mu_all = np.full(24, np.nan)
-    sigma_all = np.full(24, np.nan)
-    # The last profile_days learnt days (holidays and alarms skipped), none older than 3 times.
-    lo = max(lo, d - 3 * params.profile_days, 0)
-    learnt = np.nonzero(np.isfinite(grid[lo:d, q0:q1]).any(axis=1))[0][-params.profile_days :]
-    if len(learnt) < params.min_profile_days:
-        return mu_all, sigma_all, math.nan
-    days = lo + learnt
-    rows = grid[days, q0:q1]
-    day_weekend = is_weekend[days]
-    same = rows[day_weekend == is_weekend[d]]
-    if len(same) == 0 or np.isfinite(same).sum(axis=0).min() < 3:
-        same = rows
-    if np.isfinite(same).sum(axis=0).min() < 3:
-        return mu_all, sigma_all, math.nan
-    mu = _column_median(same)
-    # Scale from all days (more samples), relative to each day type's own median.
-    centre = np.where(day_weekend[:, None] == is_weekend[d], mu, _column_median(rows))
-    resid = (rows - centre).ravel()
-    level = float(np.min(mu))
-    # One noise scale for the quiet hours, from all their residuals (6 hours x 14 days): an
-    # hour's own 14 values give too rough a scale for a test run every hour.
-    sigma = noise_scale(resid[np.isfinite(resid)])
-    mu_all[q0:q1] = mu
-    sigma_all[q0:q1] = max(sigma, 0.01 * level, 1e-6)
-    return mu_all, sigma_all, level
-
-
-def _column_median(values: FloatArray) -> FloatArray:
-    """Median of each column ignoring NaN (a sort when there is none: ``nanmedian`` of small
-    arrays is 50 times slower)."""
-    if np.isfinite(values).all():
-        srt = np.sort(values, axis=0)
-        n = len(srt)
-        return np.asarray((srt[(n - 1) // 2] + srt[n // 2]) / 2.0)
-    return np.asarray(np.nanmedian(values, axis=0))

@@ -21,12 +21,16 @@ import numpy as np
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from anomaly import reconcile as alerts_store
 from anomaly import store
 from anomaly.alerts import ALERT_KINDS
+from anomaly.bursts import BurstParams, detect_bursts
 from anomaly.config import AnomalyConfig
 from anomaly.customers import continuous_flow_state, flag_runs, high_consumption_state
-from anomaly.detect import BurstParams, Episode, StepParams, detect_bursts, detect_steps
-from anomaly.nights import EPOCH, Nights, nan_to_none, night_series
+from anomaly.detect import Episode, StepParams, detect_steps
+from anomaly.nights import EPOCH, Nights, metered_use, nan_to_none, night_series
+from anomaly.pressure import PressureEvidence, pressure_evidence
+from core import rollup
 from core.clock import Clock, SystemClock, utc
 from core.db import connect
 from core.errors import SobrietyError
@@ -85,8 +89,9 @@ class ScanReport:
     gaps: int = 0
     dmas: int = 0
     meters_backwards: list[str] = field(default_factory=list)
+    rollup: rollup.RefreshReport | None = None
 
-    def add(self, kind: str, result: store.Reconciled) -> None:
+    def add(self, kind: str, result: alerts_store.Reconciled) -> None:
         """Count a reconciliation."""
         for name, value in (
             ("opened", result.opened),
@@ -107,6 +112,8 @@ def step_params(cfg: AnomalyConfig) -> StepParams:
         min_baseline_nights=cfg.min_baseline_nights,
         close_nights=cfg.close_nights,
         confirm_nights=cfg.confirm_nights,
+        max_drift_fraction_per_week=cfg.max_drift_fraction_per_week,
+        drift_nights=cfg.drift_nights,
     )
 
 
@@ -137,7 +144,7 @@ def merge_episodes(steps: list[Episode], bursts: list[Episode]) -> list[list[Epi
     return groups
 
 
-def leak_found(site: str, dma: str, group: list[Episode], until: float) -> store.Found:
+def leak_found(site: str, dma: str, group: list[Episode], until: float) -> alerts_store.Found:
     """The alert of a group of overlapping episodes: opened at the first detection, started
     at the best-bounded start, flow from the night detector when it saw the leak (it compares
     like with like: night against night), ended when every episode ended."""
@@ -157,8 +164,12 @@ def leak_found(site: str, dma: str, group: list[Episode], until: float) -> store
         "baseline_m3h": round(best.baseline_m3h, 4),
         "noise_m3h": round(best.sigma_m3h, 4),
         "excess_m3h": [round(x, 4) for x in best.excess[-7:]],
+        **best.evidence,
     }
-    return store.Found(
+    if ended_at is not None:
+        reasons = [e.end_reason for e in (nightly or group) if e.end_reason]
+        details["closed"] = reasons[-1] if reasons else "returned to baseline"
+    return alerts_store.Found(
         kind="leak",
         site=site,
         subject_type="dma",
@@ -169,6 +180,7 @@ def leak_found(site: str, dma: str, group: list[Episode], until: float) -> store
         seen_until=until if ended_at is None else ended_at,
         flow_m3h=round(best.flow_m3h, 4),
         details=details,
+        end_reason=str(details.get("closed", "returned to baseline")),
     )
 
 
@@ -176,13 +188,13 @@ def _in_range(opened: float, ended: float | None, since: float, until: float) ->
     return opened < until and (ended is None or ended >= since)
 
 
-def _gap_found(site: str, dma: str, nights: Nights, until: float) -> list[store.Found]:
+def _gap_found(site: str, dma: str, nights: Nights, until: float) -> list[alerts_store.Found]:
     """Runs of nights that could not be assessed, as ``data_gap`` alerts."""
     state = np.where([g != "" for g in nights.gap], 1.0, 0.0)
     out = []
     for first, after in flag_runs(state):
         out.append(
-            store.Found(
+            alerts_store.Found(
                 kind="data_gap",
                 site=site,
                 subject_type="dma",
@@ -219,6 +231,10 @@ class Scanner:
         baselines."""
         started = time.perf_counter()
         report = ScanReport()
+        report.rollup = rollup.refresh(conn)  # late and backfilled readings first
+        if report.rollup.written > 100_000 and not report.rollup.continuous_aggregate:
+            conn.execute("ANALYZE readings_hourly")
+            conn.commit()
         for name, tz in store.sites(conn, site):
             with conn.transaction():
                 self._scan_site(conn, name, tz, since, until, report)
@@ -255,12 +271,20 @@ class Scanner:
     ) -> None:  # fmt: skip
         cfg = self.cfg
         tz = ZoneInfo(tz_name)
-        active = store.active_since(conn, site)
+        active = alerts_store.active_since(conn, site)
         fetch_from = min(since, active if active is not None else since)
         fetch_from -= cfg.lookback_days * 86400.0
         dma_list = store.dmas(conn, site)
-        hours = store.dma_hours(conn, site, tz_name, utc(fetch_from), utc(until), dma_list)
-        resets = store.manual_resolutions(conn, site, "leak")
+        quiet = self.bursts.quiet_hours
+        read_hours = tuple(range(cfg.night_start_h, cfg.night_end_h)) + tuple(range(*quiet))
+        hours = store.dma_hours(
+            conn, site, tz_name, utc(fetch_from), utc(until), dma_list, read_hours
+        )
+        pressures = store.pressure_nights(
+            conn, site, tz_name, utc(fetch_from), utc(until), cfg.night_start_h, cfg.night_end_h
+        )
+        resets = alerts_store.manual_resolutions(conn, site, "leak")
+        holiday_days = self._holiday_days()
         night_rows: list[tuple[Any, ...]] = []
         for info in dma_list:
             report.dmas += 1
@@ -273,38 +297,42 @@ class Scanner:
                 cfg.min_meter_coverage,
             )  # fmt: skip
             baseline = np.full(len(nights.day), np.nan)
-            holiday_days = self._holiday_days()
+            pn = pressures.get(info.dma)
+            evidence: PressureEvidence | None = None
+            if pn is not None:
+                evidence = pressure_evidence(nights.day, pn.days, pn.bar, pn.slope)
             dma_resets = tuple(resets.get(info.dma, ()))
             steps = detect_steps(
                 nights.window_start, nights.window_end, nights.net_m3h, nights.weekend,
                 self.steps, dma_resets, mnf=nights.mnf_m3h, baseline_out=baseline,
-                learn=~np.isin(nights.day, holiday_days),
+                holiday=np.isin(nights.day, holiday_days), pressure=evidence,
             )  # fmt: skip
-            hourly = h.inflow_m3h - h.metered_m3h
-            if info.customer_meters:
-                short = h.meters < cfg.min_meter_coverage * info.customer_meters
-                hourly = np.where(short, np.nan, hourly)
+            use, _usual, _ok = metered_use(h.metered_m3h, h.meters, cfg.min_meter_coverage)
+            hourly = np.where(h.frozen, np.nan, h.inflow_m3h - use)
             bursts = detect_bursts(
-                h.hour_start, h.day, h.hour, np.where(h.frozen, np.nan, hourly), h.weekend,
-                self.bursts, dma_resets, learn=~np.isin(h.day, holiday_days),
+                h.hour_start, h.day, h.hour, hourly, h.weekend,
+                self.bursts, dma_resets, holiday=np.isin(h.day, holiday_days),
             )  # fmt: skip
             leaks = [
                 leak_found(site, info.dma, group, until) for group in merge_episodes(steps, bursts)
             ]
             leaks = [f for f in leaks if _in_range(f.opened_at, f.ended_at, since, until)]
-            report.add("leak", store.reconcile(
+            report.add("leak", alerts_store.reconcile(
                 conn, site, "dma", info.dma, "leak", leaks, since, until))  # fmt: skip
             gaps = [
                 f for f in _gap_found(site, info.dma, nights, until)
                 if _in_range(f.opened_at, f.ended_at, since, until)
             ]  # fmt: skip
-            report.add("data_gap", store.reconcile(
+            report.add("data_gap", alerts_store.reconcile(
                 conn, site, "dma", info.dma, "data_gap", gaps, since, until))  # fmt: skip
             for j in range(len(nights.day)):
                 if not since <= nights.window_end[j] <= until:
                     continue
                 report.nights += 1
                 report.gaps += nights.gap[j] != ""
+                drop = math.nan
+                if evidence is not None:
+                    drop = float(evidence.drop_z[j])
                 night_rows.append(
                     (
                         site, info.dma, EPOCH + timedelta(days=int(nights.day[j])),
@@ -312,9 +340,11 @@ class Scanner:
                         nan_to_none(nights.mnf_m3h[j]), nan_to_none(nights.metered_m3h[j]),
                         nan_to_none(nights.net_m3h[j]), nan_to_none(baseline[j]),
                         nan_to_none(nights.coverage[j]), nights.gap[j] or None,
+                        int(nights.meters[j]) if info.customer_meters else None,
+                        nan_to_none(drop), nights.note[j] or None,
                     )
                 )  # fmt: skip
-        store.write_nights(conn, night_rows)
+        alerts_store.write_nights(conn, night_rows)
         self._scan_customers(conn, site, tz, since, until, report)
 
     def _scan_customers(
@@ -323,7 +353,11 @@ class Scanner:
     ) -> None:  # fmt: skip
         cfg = self.cfg
         history = cfg.high_consumption_window_days + cfg.high_consumption_history_days
-        days = store.customer_days(conn, site, tz.key, utc(since - history * 86400.0), utc(until))
+        # Continuity needs every hour, consumption one index per day: hours are read only as
+        # far back as a continuous flow that is still being reconciled can reach.
+        hourly_since = since - (cfg.continuous_min_days + 7) * 86400.0
+        days = store.customer_days(conn, site, tz.key, utc(since - history * 86400.0), utc(until),
+                                   utc(hourly_since))  # fmt: skip
         report.meters_backwards.extend(days.backwards)
         if not days.devices:
             return
@@ -345,7 +379,7 @@ class Scanner:
         for kind, state in (("continuous_flow", continuous), ("high_consumption", high)):
             # A continuous flow is flagged on its min_days-th day: it started that much before.
             lead = cfg.continuous_min_days - 1 if kind == "continuous_flow" else 0
-            found: dict[str, list[store.Found]] = {}
+            found: dict[str, list[alerts_store.Found]] = {}
             for i, device in enumerate(days.devices):
                 for first, after in flag_runs(state[i]):
                     end_day = days.first_day + first + 1
@@ -368,7 +402,7 @@ class Scanner:
                             "window_days": cfg.high_consumption_window_days,
                         }
                     found.setdefault(device, []).append(
-                        store.Found(
+                        alerts_store.Found(
                             kind=kind, site=site, subject_type="device", subject=device,
                             opened_at=opened,
                             started_at=_local_midnight(days.first_day + first - lead, tz),
@@ -376,9 +410,9 @@ class Scanner:
                             flow_m3h=flow, details=details,
                         )
                     )  # fmt: skip
-            subjects = set(found) | store.active_subjects(conn, site, "device", kind)
+            subjects = set(found) | alerts_store.active_subjects(conn, site, "device", kind)
             for device in sorted(subjects):
-                done = store.reconcile(
+                done = alerts_store.reconcile(
                     conn, site, "device", device, kind, found.get(device, []), since, until
                 )
                 report.add(kind, done)

@@ -1,9 +1,16 @@
-"""SQL side of the anomaly stage: hourly aggregates of the DMA meters, daily aggregates of the
-customer meters and the water balance, all computed by PostgreSQL (raw readings never come into
-Python), and the ``alerts`` and ``dma_nights`` tables.
+"""SQL side of the anomaly stage: what the detectors read, computed by PostgreSQL from the
+hourly rollup ``readings_hourly`` (see core/rollup.py) — raw readings never come into Python
+and are not aggregated again at every scan.
 
-Hours are UTC hours (``date_trunc('hour', time)``), labelled with their local day and hour in the
-site's time zone; this assumes zones with whole-hour offsets, as in France.
+- per DMA and UTC hour: net inflow of its flow meters, whether one was frozen, and the metered
+  use of its customer meters (index differenced, or flow averaged, whichever each reports);
+- per pressure sensor and local night: mean pressure over the night window, and the sensor's
+  head-loss coefficient (how much its pressure falls per (m³/h)² of inflow);
+- per customer meter and local day: consumption and continuity;
+- per DMA and period: volumes for the water balance.
+
+Hours are UTC hours, labelled with their local day and hour in the site's time zone; this
+assumes zones with whole-hour offsets, as in France.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import orjson
 import psycopg
 
 from core.arrays import BoolArray, FloatArray, IntArray
-from core.clock import utc
+
+MAX_INDEX_INTERVAL_H = 2.0
+"""Longest interval between two index readings whose difference still tells the use of an hour
+[h]: a meter read daily says how much a household used in a day, not at night."""
 
 
 @dataclass(slots=True)
@@ -34,6 +43,7 @@ class DmaInfo:
     inlets: list[int] = field(default_factory=list)
     outlets: list[int] = field(default_factory=list)
     customer_meters: int = 0
+    pressure_sensors: int = 0
 
 
 def sites(conn: psycopg.Connection, site: str | None = None) -> list[tuple[str, str]]:
@@ -46,21 +56,29 @@ def sites(conn: psycopg.Connection, site: str | None = None) -> list[tuple[str, 
 
 
 def dmas(conn: psycopg.Connection, site: str) -> list[DmaInfo]:
-    """The DMAs of a site with their flow meters and number of customer meters."""
+    """The DMAs of a site with their flow meters and numbers of customer meters and pressure
+    sensors."""
     rows = conn.execute(
         """SELECT m.dma, s.timezone, m.mains_km, m.connections, m.private_km, m.avg_pressure_m,
                   coalesce(array_agg(d.id) FILTER (WHERE d.kind = 'flow_meter'
                                                    AND d.role = 'inlet'), '{}'),
                   coalesce(array_agg(d.id) FILTER (WHERE d.kind = 'flow_meter'
                                                    AND d.role = 'outlet'), '{}'),
-                  count(d.id) FILTER (WHERE d.kind = 'water_meter')
+                  count(d.id) FILTER (WHERE d.kind = 'water_meter'),
+                  count(d.id) FILTER (WHERE d.kind = 'pressure_sensor')
            FROM dmas m JOIN sites s USING (site)
            LEFT JOIN devices d ON d.site = m.site AND d.dma = m.dma
            WHERE m.site = %s GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1""",
         (site,),
     ).fetchall()
     return [
-        DmaInfo(site, r[0], r[1], r[2], r[3], r[4], r[5], list(r[6]), list(r[7]), int(r[8]))
+        DmaInfo(
+            *(site, r[0], r[1], r[2], r[3], r[4], r[5]),
+            list(r[6]),
+            list(r[7]),
+            int(r[8]),
+            int(r[9]),
+        )
         for r in rows
     ]
 
@@ -71,9 +89,9 @@ class DmaHours:
 
     ``hour_start`` [s since epoch], ``day`` local day number (days since 1970-01-01 local),
     ``hour`` local hour, ``weekend``; ``inflow_m3h`` net inflow (inlets minus outlets, NaN when a
-    flow meter is missing), ``frozen`` (a flow meter repeated one value all hour),
-    ``metered_m3h`` customer consumption (0 without customer meters), ``meters`` customer meters
-    that reported.
+    flow meter is missing), ``frozen`` (a flow meter repeated one value), ``metered_m3h``
+    customer use [m³/h] of the ``meters`` customer meters that could tell it for that hour
+    (0 without customer meters).
     """
 
     hour_start: FloatArray
@@ -86,21 +104,28 @@ class DmaHours:
     meters: IntArray
 
 
+# A flow meter is frozen in an hour when it repeated one value: three readings or more in the
+# hour all equal, or (a meter reporting hourly) the same value three hours running. A flat
+# zero is a closed boundary valve on an outlet, but never a DMA's inlet (leakage never stops).
 _FLOW_HOURS = """
 WITH dev AS (
-    SELECT id, dma, CASE WHEN role = 'outlet' THEN -1.0::float8 ELSE 1.0::float8 END AS sign
+    SELECT id, dma, role = 'inlet' AS inlet,
+           CASE WHEN role = 'outlet' THEN -1.0::float8 ELSE 1.0::float8 END AS sign
     FROM devices
     WHERE site = %(site)s AND dma IS NOT NULL AND kind = 'flow_meter'
       AND role IN ('inlet', 'outlet')
 ), per_meter AS (
-    SELECT dev.dma, dev.sign, date_bin('1 hour', r.time, 'epoch') AS hour,
-           avg(r.value) AS mean, count(*) AS n, min(r.value) = max(r.value) AS flat
-    FROM dev JOIN readings r ON r.device_id = dev.id AND r.metric_id = 1
-    WHERE r.time >= %(since)s AND r.time < %(until)s
-    GROUP BY dev.dma, dev.id, dev.sign, 3
+    SELECT dev.dma, dev.sign, dev.inlet, h.hour, h.sum / h.count AS mean, h.count AS n,
+           h.min = h.max AS flat, h.max AS top,
+           min(h.min) OVER w3 = max(h.max) OVER w3 AND count(*) OVER w3 = 3
+               AND h.hour - first_value(h.hour) OVER w3 = interval '2 hours' AS flat3
+    FROM dev JOIN readings_hourly h ON h.device_id = dev.id AND h.metric_id = 1
+    WHERE h.hour >= %(since)s AND h.hour < %(until)s
+    WINDOW w3 AS (PARTITION BY h.device_id ORDER BY h.hour ROWS BETWEEN 2 PRECEDING
+                  AND CURRENT ROW)
 ), flows AS (
     SELECT dma, hour, sum(sign * mean) AS inflow, count(*) AS flow_meters,
-           bool_or(n >= 3 AND flat) AS frozen
+           bool_or(((n >= 3 AND flat) OR flat3) AND (inlet OR top <> 0)) AS frozen
     FROM per_meter GROUP BY 1, 2
 )
 SELECT dma, extract(epoch FROM hour)::float8,
@@ -111,33 +136,56 @@ SELECT dma, extract(epoch FROM hour)::float8,
 FROM flows ORDER BY 1, 2
 """
 
+# Metered use per DMA and hour. A meter's use in an hour comes from its index when it is read
+# at least every MAX_INDEX_INTERVAL_H (the difference between the last readings of two
+# successive rollup hours, over the time between them, assigned to the hour of its midpoint),
+# else from its flow readings (the hour's mean); an index that goes backwards tells nothing.
 _CUSTOMER_HOURS = """
-SELECT d.dma, extract(epoch FROM date_trunc('hour', r.time - (r.time - r.prev_time) / 2))::float8,
-       sum((r.value - r.prev) / (extract(epoch FROM r.time - r.prev_time) / 3600.0)),
-       count(DISTINCT r.device_id)::int8
-FROM (
-    SELECT device_id, time, value, lag(value) OVER w AS prev, lag(time) OVER w AS prev_time
-    FROM readings
-    WHERE metric_id = 2 AND time >= %(since)s - interval '2 hours' AND time < %(until)s
-      AND device_id IN (SELECT id FROM devices
-                        WHERE site = %(site)s AND kind = 'water_meter' AND dma IS NOT NULL)
-    WINDOW w AS (PARTITION BY device_id ORDER BY time)
-) r JOIN devices d ON d.id = r.device_id
-WHERE r.prev IS NOT NULL AND r.value >= r.prev
-  AND r.time - r.prev_time <= interval '2 hours' AND r.time > r.prev_time
-GROUP BY 1, 2
+WITH m AS (
+    SELECT id, dma FROM devices
+    WHERE site = %(site)s AND kind = 'water_meter' AND dma IS NOT NULL
+), idx AS (
+    SELECT m.dma, h.device_id, h.last, h.last_time,
+           lag(h.last) OVER w AS prev, lag(h.last_time) OVER w AS prev_time
+    FROM m JOIN readings_hourly h ON h.device_id = m.id AND h.metric_id = 2
+    WHERE h.hour >= %(since)s - interval '3 hours' AND h.hour < %(until)s
+      AND extract(hour FROM h.hour AT TIME ZONE %(tz)s)::int = ANY(%(local_hours)s)
+    WINDOW w AS (PARTITION BY h.device_id ORDER BY h.hour)
+), per AS (
+    SELECT dma, device_id,
+           date_bin('1 hour', last_time - (last_time - prev_time) / 2, 'epoch') AS hour,
+           (last - prev) / (extract(epoch FROM last_time - prev_time) / 3600.0) AS rate,
+           0 AS pref
+    FROM idx
+    WHERE prev IS NOT NULL AND last >= prev AND last_time > prev_time
+      AND last_time - prev_time <= %(max_gap)s * interval '1 hour'
+    UNION ALL
+    SELECT m.dma, h.device_id, h.hour, h.sum / h.count, 1
+    FROM m JOIN readings_hourly h ON h.device_id = m.id AND h.metric_id = 1
+    WHERE h.hour >= %(since)s AND h.hour < %(until)s
+      AND extract(hour FROM h.hour AT TIME ZONE %(tz)s)::int = ANY(%(local_hours)s)
+), best AS (
+    SELECT DISTINCT ON (device_id, hour) dma, device_id, hour, rate
+    FROM per WHERE hour >= %(since)s AND hour < %(until)s
+    ORDER BY device_id, hour, pref
+)
+SELECT dma, extract(epoch FROM hour)::float8, sum(rate), count(*)::int8
+FROM best GROUP BY 1, 2
 """
 
 
 def dma_hours(
     conn: psycopg.Connection, site: str, tz: str, since: datetime, until: datetime,
-    dma_list: list[DmaInfo],
+    dma_list: list[DmaInfo], local_hours: tuple[int, ...] = tuple(range(24)),
 ) -> dict[str, DmaHours]:  # fmt: skip
     """Hourly series of every DMA of ``site`` between ``since`` and ``until``: flow meters
-    aggregated per hour in SQL, then the customer meters' hourly consumption
-    (a second query, skipped when the site has no DMA customer meters)."""
+    from the rollup, then the customer meters' hourly use (a second query, skipped when the
+    site has no DMA customer meters) in the ``local_hours`` only — the detectors read the
+    night, and customer meters read hourly are as many rollup rows as readings."""
     want = {d.dma: len(d.inlets) + len(d.outlets) for d in dma_list}
-    params = {"site": site, "tz": tz, "since": since, "until": until}
+    # The use of an hour comes from the index readings on either side of it.
+    wanted = sorted({(h + d) % 24 for h in local_hours for d in (-1, 0, 1)})
+    params = {"site": site, "tz": tz, "since": since, "until": until, "local_hours": wanted}
     with conn.cursor(binary=True) as cur:
         cur.execute(_FLOW_HOURS, params)
         rows = cur.fetchall()  # hourly aggregates: 8,760 rows per DMA and year
@@ -166,7 +214,7 @@ def dma_hours(
     customers: dict[str, dict[float, tuple[float, int]]] = {}
     if any(d.customer_meters for d in dma_list):
         with conn.cursor(binary=True) as cur:
-            cur.execute(_CUSTOMER_HOURS, params)
+            cur.execute(_CUSTOMER_HOURS, {**params, "max_gap": MAX_INDEX_INTERVAL_H})
             for dma, t, rate, meters in cur:
                 customers.setdefault(dma, {})[t] = (rate, meters)
     out: dict[str, DmaHours] = {}
@@ -191,24 +239,108 @@ def dma_hours(
     return out
 
 
+@dataclass(slots=True)
+class PressureNights:
+    """Night pressure of the sensors of one DMA: ``days`` local day numbers, ``bar`` sensors ×
+    days mean pressure over the night window [bar] (NaN: no reading), ``slope`` per sensor
+    [bar per (m³/h)²]: the least-squares slope of its hourly pressure against the square of the
+    DMA's net inflow (head losses grow with the square of the flow; negative for a sensor
+    downstream of the inlet, NaN when it could not be estimated)."""
+
+    sensors: list[int]
+    days: IntArray
+    bar: FloatArray
+    slope: FloatArray
+
+
+_PRESSURE_NIGHTS = """
+SELECT d.dma, h.device_id,
+       ((h.hour AT TIME ZONE %(tz)s)::date - date '1970-01-01')::int8,
+       sum(h.sum) / sum(h.count)
+FROM devices d JOIN readings_hourly h ON h.device_id = d.id AND h.metric_id = 3
+WHERE d.site = %(site)s AND d.kind = 'pressure_sensor' AND d.dma IS NOT NULL
+  AND h.hour >= %(since)s AND h.hour < %(until)s
+  AND extract(hour FROM h.hour AT TIME ZONE %(tz)s) >= %(start_h)s
+  AND extract(hour FROM h.hour AT TIME ZONE %(tz)s) < %(end_h)s
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+_HEAD_LOSS = """
+WITH dev AS (
+    SELECT id, dma, CASE WHEN role = 'outlet' THEN -1.0::float8 ELSE 1.0::float8 END AS sign,
+           count(*) OVER (PARTITION BY dma) AS meters
+    FROM devices
+    WHERE site = %(site)s AND dma IS NOT NULL AND kind = 'flow_meter'
+      AND role IN ('inlet', 'outlet')
+), flows AS (
+    SELECT dev.dma, h.hour, sum(dev.sign * h.sum / h.count) AS q
+    FROM dev JOIN readings_hourly h ON h.device_id = dev.id AND h.metric_id = 1
+    WHERE h.hour >= %(since)s AND h.hour < %(until)s
+    GROUP BY 1, 2, dev.meters HAVING count(*) = dev.meters
+)
+SELECT d.dma, h.device_id, regr_slope(h.sum / h.count, f.q * f.q), count(*)
+FROM devices d JOIN readings_hourly h ON h.device_id = d.id AND h.metric_id = 3
+JOIN flows f ON f.dma = d.dma AND f.hour = h.hour
+WHERE d.site = %(site)s AND d.kind = 'pressure_sensor'
+  AND h.hour >= %(since)s AND h.hour < %(until)s
+GROUP BY 1, 2
+"""
+
+
+def pressure_nights(
+    conn: psycopg.Connection, site: str, tz: str, since: datetime, until: datetime,
+    start_h: int, end_h: int,
+) -> dict[str, PressureNights]:  # fmt: skip
+    """Night pressure and head-loss coefficient of every pressure sensor of ``site``, per DMA
+    (DMAs without pressure sensors are absent)."""
+    params = {"site": site, "tz": tz, "since": since, "until": until, "start_h": start_h,
+              "end_h": end_h}  # fmt: skip
+    rows = conn.execute(_PRESSURE_NIGHTS, params).fetchall()
+    if not rows:
+        return {}
+    slopes = {
+        int(r[1]): float(r[2]) if r[2] is not None and int(r[3]) >= 48 else np.nan
+        for r in conn.execute(_HEAD_LOSS, params)
+    }
+    per_dma: dict[str, dict[int, dict[int, float]]] = {}
+    for dma, sensor, day, bar in rows:
+        per_dma.setdefault(dma, {}).setdefault(int(sensor), {})[int(day)] = float(bar)
+    out: dict[str, PressureNights] = {}
+    for dma, sensors in per_dma.items():
+        first = min(min(v) for v in sensors.values())
+        last = max(max(v) for v in sensors.values())
+        days = np.arange(first, last + 1, dtype=np.int64)
+        ids = sorted(sensors)
+        bar = np.full((len(ids), len(days)), np.nan)
+        for i, sensor in enumerate(ids):
+            for day, value in sensors[sensor].items():
+                bar[i, day - first] = value
+        slope = np.array([slopes.get(s, np.nan) for s in ids], dtype=np.float64)
+        out[dma] = PressureNights(ids, days, bar, slope)
+    return out
+
+
+# Per customer meter and local day, from the hourly rollup of its index: use between the last
+# readings of successive hours, assigned to the day of the later one.
 _CUSTOMER_DAYS = """
 SELECT r.device_id, d.device, d.dma,
-       ((date_trunc('hour', r.time) AT TIME ZONE %(tz)s)::date - date '1970-01-01')::int8 AS day,
-       sum(r.value - r.prev) AS consumption,
-       extract(epoch FROM max(r.time) - min(r.prev_time)) / 3600.0 AS covered_h,
-       max(extract(epoch FROM r.time - r.prev_time)) / 3600.0 AS max_interval_h,
-       count(*) FILTER (WHERE r.value - r.prev <= 0) AS zero_intervals,
-       min((r.value - r.prev) / (extract(epoch FROM r.time - r.prev_time) / 3600.0))
+       ((r.hour AT TIME ZONE %(tz)s)::date - date '1970-01-01')::int8 AS day,
+       sum(r.last - r.prev) AS consumption,
+       extract(epoch FROM max(r.last_time) - min(r.prev_time)) / 3600.0 AS covered_h,
+       max(extract(epoch FROM r.last_time - r.prev_time)) / 3600.0 AS max_interval_h,
+       count(*) FILTER (WHERE r.last - r.prev <= 0) AS zero_intervals,
+       min((r.last - r.prev) / (extract(epoch FROM r.last_time - r.prev_time) / 3600.0))
            AS min_rate,
-       bool_or(r.value < r.prev) AS backwards
+       bool_or(r.last < r.prev) AS backwards
 FROM (
-    SELECT device_id, time, value, lag(value) OVER w AS prev, lag(time) OVER w AS prev_time
-    FROM readings
-    WHERE metric_id = 2 AND time >= %(since)s - interval '1 day' AND time < %(until)s
+    SELECT device_id, hour, last, last_time,
+           lag(last) OVER w AS prev, lag(last_time) OVER w AS prev_time
+    FROM readings_hourly
+    WHERE metric_id = 2 AND hour >= %(since)s - interval '1 day' AND hour < %(until)s
       AND device_id IN (SELECT id FROM devices WHERE site = %(site)s AND kind = 'water_meter')
-    WINDOW w AS (PARTITION BY device_id ORDER BY time)
+    WINDOW w AS (PARTITION BY device_id ORDER BY hour)
 ) r JOIN devices d ON d.id = r.device_id
-WHERE r.prev IS NOT NULL AND r.time >= %(since)s AND r.time > r.prev_time
+WHERE r.prev IS NOT NULL AND r.hour >= %(since)s AND r.last_time > r.prev_time
 GROUP BY 1, 2, 3, 4
 ORDER BY 1, 4
 """
@@ -218,7 +350,8 @@ ORDER BY 1, 4
 class CustomerDays:
     """Daily aggregates of the customer meters of a site: meters × local days (``first_day``
     onwards). ``consumption_m3`` NaN where a day has no data or the index went backwards (a
-    reset or a meter change is reported, not turned into a negative consumption)."""
+    reset or a meter change is reported, not turned into a negative consumption); intervals
+    are between the last readings of successive hours of the rollup."""
 
     devices: list[str]
     dmas: list[str | None]
@@ -231,55 +364,90 @@ class CustomerDays:
     backwards: list[str]
 
 
+_CUSTOMER_DAILY = """
+SELECT h.device_id, d.device, d.dma,
+       ((h.hour AT TIME ZONE %(tz)s)::date - date '1970-01-01')::int8 AS day, max(h.max)
+FROM readings_hourly h JOIN devices d ON d.id = h.device_id
+WHERE h.metric_id = 2 AND h.hour >= %(since)s - interval '1 day' AND h.hour < %(until)s
+  AND d.site = %(site)s AND d.kind = 'water_meter'
+GROUP BY 1, 2, 3, 4
+ORDER BY 1, 4
+"""
+
+
 def customer_days(
-    conn: psycopg.Connection, site: str, tz: str, since: datetime, until: datetime
-) -> CustomerDays:
-    """Per customer meter and local day: consumption, coverage and continuity (see
+    conn: psycopg.Connection, site: str, tz: str, since: datetime, until: datetime,
+    hourly_since: datetime | None = None,
+) -> CustomerDays:  # fmt: skip
+    """Per customer meter and local day from ``since``: consumption (the day's highest index
+    minus the previous day's), and — from ``hourly_since`` (default ``since``), since they read
+    every hour of the rollup — coverage and continuity (see
     :func:`anomaly.customers.continuous_flow_state`)."""
-    rows = conn.execute(
-        _CUSTOMER_DAYS, {"site": site, "tz": tz, "since": since, "until": until}
-    ).fetchall()
-    if not rows:
+    params = {"site": site, "tz": tz, "since": since, "until": until}
+    daily = conn.execute(_CUSTOMER_DAILY, params).fetchall()
+    if not daily:
         empty = np.zeros((0, 0))
         return CustomerDays([], [], 0, empty, empty, empty, empty, empty, [])
     index: dict[int, int] = {}
     devices: list[str] = []
     dma_of: list[str | None] = []
-    for r in rows:
+    for r in daily:
         if r[0] not in index:
             index[r[0]] = len(devices)
             devices.append(r[1])
             dma_of.append(r[2])
-    first = min(int(r[3]) for r in rows)
-    ndays = max(int(r[3]) for r in rows) - first + 1
-    shape = (len(devices), ndays)
-    arrays = [np.full(shape, np.nan) for _ in range(5)]
-    backwards: list[str] = []
+    first = min(int(r[3]) for r in daily) + 1  # the first day only serves as a reference
+    ndays = max(int(r[3]) for r in daily) - first + 1
+    shape = (len(devices), max(ndays, 0))
+    top = np.full((len(devices), shape[1] + 1), np.nan)
+    for r in daily:
+        top[index[r[0]], int(r[3]) - first + 1] = float(r[4])
+    consumption = np.diff(top, axis=1)
+    backwards = [devices[i] for i in np.nonzero((consumption < 0).any(axis=1))[0]]
+    consumption[consumption < 0] = np.nan
+    arrays = [np.full(shape, np.nan) for _ in range(4)]
+    rows = conn.execute(_CUSTOMER_DAYS, {**params, "since": hourly_since or since}).fetchall()
     for r in rows:
+        if r[0] not in index or not 0 <= int(r[3]) - first < shape[1]:
+            continue
         i, j = index[r[0]], int(r[3]) - first
         if r[9]:
             if r[1] not in backwards:
                 backwards.append(r[1])
+            consumption[i, j] = np.nan
             continue
-        for k, v in enumerate((r[4], r[5], r[6], r[7], r[8])):
+        for k, v in enumerate((r[5], r[6], r[7], r[8])):
             arrays[k][i, j] = v
-    consumption, covered, longest, zeros, min_rate = arrays
+    covered, longest, zeros, min_rate = arrays
     return CustomerDays(
         devices, dma_of, first, consumption, covered, longest, zeros, min_rate, backwards
     )
 
 
+# Volumes from the rollup: index meters by the difference of their extreme readings in the
+# period, flow-only customer meters by their hourly mean flows times 1 h.
 _VOLUMES = """
 SELECT d.dma, d.kind, d.role, count(DISTINCT d.id),
-       sum(v.used), min(v.first_time), max(v.last_time), count(v.device_id)
+       sum(coalesce(v.used, f.used)), min(coalesce(v.first_time, f.first_time)),
+       max(coalesce(v.last_time, f.last_time)),
+       count(*) FILTER (WHERE v.device_id IS NOT NULL OR f.device_id IS NOT NULL)
 FROM devices d
 LEFT JOIN LATERAL (
-    SELECT r.device_id, max(r.value) - min(r.value) AS used,
-           min(r.time) AS first_time, max(r.time) AS last_time
-    FROM readings r
-    WHERE r.device_id = d.id AND r.metric_id = 2 AND r.time >= %(since)s AND r.time <= %(until)s
-    GROUP BY r.device_id
+    SELECT h.device_id, max(h.max) - min(h.min) AS used,
+           min(h.first_time) AS first_time, max(h.last_time) AS last_time
+    FROM readings_hourly h
+    WHERE h.device_id = d.id AND h.metric_id = 2
+      AND h.hour >= %(since)s AND h.hour < %(until)s
+    GROUP BY h.device_id
 ) v ON true
+LEFT JOIN LATERAL (
+    SELECT h.device_id, sum(h.sum / h.count) AS used,
+           min(h.first_time) AS first_time, max(h.last_time) AS last_time
+    FROM readings_hourly h
+    WHERE h.device_id = d.id AND h.metric_id = 1 AND d.kind = 'water_meter'
+      AND h.hour >= %(since)s AND h.hour < %(until)s
+    GROUP BY h.device_id
+) f ON v.device_id IS NULL
 WHERE d.site = %(site)s AND d.dma IS NOT NULL
   AND (d.kind = 'water_meter' OR (d.kind = 'flow_meter' AND d.role IN ('inlet', 'outlet')))
 GROUP BY 1, 2, 3
@@ -290,7 +458,7 @@ def dma_volumes(
     conn: psycopg.Connection, site: str, since: datetime, until: datetime
 ) -> dict[str, dict[str, Any]]:
     """Per DMA: volumes [m³] through inlets, outlets and customer meters between ``since`` and
-    ``until`` (index differences), and how many meters of each had data."""
+    ``until`` (whole UTC hours), and how many meters of each had data."""
     out: dict[str, dict[str, Any]] = {}
     for dma, kind, role, meters, used, first, last, reporting in conn.execute(
         _VOLUMES, {"site": site, "since": since, "until": until}
@@ -305,182 +473,3 @@ def dma_volumes(
             "last": last,
         }
     return out
-
-
-# --- alerts --------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Found:
-    """An anomaly found by a detector, to be written as an alert (times [s since epoch])."""
-
-    kind: str
-    site: str
-    subject_type: str
-    subject: str
-    opened_at: float
-    started_at: float | None
-    ended_at: float | None
-    seen_until: float
-    flow_m3h: float | None
-    details: dict[str, Any]
-
-
-@dataclass(slots=True)
-class Reconciled:
-    """What a reconciliation did."""
-
-    opened: int = 0
-    updated: int = 0
-    closed: int = 0
-
-
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else utc(value)
-
-
-def reconcile(
-    conn: psycopg.Connection,
-    site: str,
-    subject_type: str,
-    subject: str,
-    kind: str,
-    found: list[Found],
-    since: float,
-    until: float,
-) -> Reconciled:
-    """Make the alerts of one subject and kind agree with what the detector found between
-    ``since`` and ``until``: an alert whose span overlaps an episode is updated (and resolved
-    by the service when the episode ended), a new episode opens an alert, and an active alert
-    opened in the range that no episode confirms any more is closed at ``until``."""
-    result = Reconciled()
-    existing = conn.execute(
-        """SELECT id, state, extract(epoch FROM opened_at),
-                  extract(epoch FROM closed_at), resolved_by
-           FROM alerts
-           WHERE site = %s AND subject_type = %s AND subject = %s AND kind = %s
-             AND opened_at < %s AND (closed_at IS NULL OR closed_at >= %s)
-           ORDER BY opened_at""",
-        (site, subject_type, subject, kind, _ts(until), _ts(since - 86400.0)),
-    ).fetchall()
-    matched: set[int] = set()
-    for ep in found:
-        ep_end = ep.ended_at if ep.ended_at is not None else float("inf")
-        hit = None
-        for row in existing:
-            opened = float(row[2])
-            closed = float(row[3]) if row[3] is not None else float("inf")
-            if row[0] not in matched and opened <= ep_end and closed >= ep.opened_at:
-                hit = row
-                break
-        details = orjson.dumps(ep.details, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-        if hit is None:
-            state = "resolved" if ep.ended_at is not None else "open"
-            conn.execute(
-                """INSERT INTO alerts (kind, site, subject_type, subject, state, opened_at,
-                       started_at, updated_at, closed_at, resolved_at, resolved_by,
-                       estimated_flow_m3h, details)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)""",
-                (
-                    kind,
-                    site,
-                    subject_type,
-                    subject,
-                    state,
-                    _ts(ep.opened_at),
-                    _ts(ep.started_at),
-                    _ts(ep.seen_until),
-                    _ts(ep.ended_at),
-                    _ts(ep.ended_at),
-                    "sobriety" if ep.ended_at is not None else None,
-                    ep.flow_m3h,
-                    details,
-                ),
-            )
-            result.opened += 1
-            if ep.ended_at is not None:
-                result.closed += 1
-            continue
-        matched.add(hit[0])
-        if hit[1] == "resolved":
-            continue  # resolved (by a person or earlier): history stays as it was
-        conn.execute(
-            """UPDATE alerts SET estimated_flow_m3h = %s, details = %s::jsonb,
-                   updated_at = greatest(updated_at, %s), started_at = %s
-               WHERE id = %s""",
-            (ep.flow_m3h, details, _ts(ep.seen_until), _ts(ep.started_at), hit[0]),
-        )
-        result.updated += 1
-        if ep.ended_at is not None:
-            _close(conn, hit[0], ep.ended_at, "returned to baseline")
-            result.closed += 1
-    for row in existing:
-        if row[0] in matched or row[1] == "resolved" or float(row[2]) < since:
-            continue
-        _close(conn, row[0], until, "not confirmed by a later scan")
-        result.closed += 1
-    return result
-
-
-def _close(conn: psycopg.Connection, alert_id: int, at: float, why: str) -> None:
-    conn.execute(
-        """UPDATE alerts SET state = 'resolved', closed_at = %s, resolved_at = %s,
-               resolved_by = 'sobriety', details = details || jsonb_build_object('closed', %s)
-           WHERE id = %s AND state <> 'resolved'""",
-        (_ts(at), _ts(at), why, alert_id),
-    )
-
-
-def active_since(conn: psycopg.Connection, site: str) -> float | None:
-    """Earliest start [s since epoch] of the active (not resolved) alerts of a site."""
-    row = conn.execute(
-        """SELECT extract(epoch FROM min(coalesce(started_at, opened_at)))
-           FROM alerts WHERE site = %s AND state <> 'resolved'""",
-        (site,),
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
-
-
-def active_subjects(conn: psycopg.Connection, site: str, subject_type: str, kind: str) -> set[str]:
-    """Subjects of a kind with an active (not resolved) alert."""
-    return {
-        r[0]
-        for r in conn.execute(
-            """SELECT subject FROM alerts WHERE site = %s AND subject_type = %s AND kind = %s
-               AND state <> 'resolved'""",
-            (site, subject_type, kind),
-        )
-    }
-
-
-def manual_resolutions(conn: psycopg.Connection, site: str, kind: str) -> dict[str, list[float]]:
-    """Times [s since epoch] at which a person resolved an alert, per subject."""
-    out: dict[str, list[float]] = {}
-    for subject, at in conn.execute(
-        """SELECT subject, extract(epoch FROM resolved_at) FROM alerts
-           WHERE site = %s AND kind = %s AND state = 'resolved'
-             AND resolved_by IS DISTINCT FROM 'sobriety' ORDER BY resolved_at""",
-        (site, kind),
-    ):
-        out.setdefault(subject, []).append(float(at))
-    return out
-
-
-def write_nights(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Upsert rows of ``dma_nights`` (site, dma, night, window_start, window_end, mnf,
-    metered, net, baseline, coverage, gap)."""
-    if not rows:
-        return
-    with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO dma_nights (site, dma, night, window_start, window_end, mnf_m3h,
-                   metered_m3h, net_m3h, baseline_m3h, meter_coverage, gap)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (site, dma, night) DO UPDATE SET
-                   window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
-                   mnf_m3h = EXCLUDED.mnf_m3h, metered_m3h = EXCLUDED.metered_m3h,
-                   net_m3h = EXCLUDED.net_m3h, baseline_m3h = EXCLUDED.baseline_m3h,
-                   meter_coverage = EXCLUDED.meter_coverage, gap = EXCLUDED.gap,
-                   computed_at = now()""",
-            rows,
-        )

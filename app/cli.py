@@ -38,8 +38,25 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
+def _cmd_db(args: argparse.Namespace, config: Config) -> int:
+    """`sobriety db upgrade` (app/data_commands.py) or `sobriety db rollup`."""
+    if args.db_command == "rollup":
+        return _cmd_db_rollup(args, config)
+    return data_commands.cmd_db(args, config)
+
+
+def _cmd_db_rollup(args: argparse.Namespace, config: Config) -> int:
+    """`sobriety db rollup`: one refresh of the hourly rollup, one line of what it did."""
+    from core.rollup import refresh
+
+    with connect(config.db_conninfo(), timeout_s=config.database.connect_timeout_s) as conn:
+        report = refresh(conn, batch_hours=args.batch_hours)
+    print(report.summary())
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
-    "db": data_commands.cmd_db,
+    "db": _cmd_db,
     "inventory": data_commands.cmd_inventory,
     "import": data_commands.cmd_import,
     "export": data_commands.cmd_export,

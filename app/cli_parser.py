@@ -135,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create the database if it is missing, apply the pending migrations in one "
         "transaction (safe twice and from two processes at once), TimescaleDB when available.",
     )
+    rollup = db_sub.add_parser(
+        "rollup",
+        help="bring the hourly rollup (readings_hourly) up to date with the readings",
+        description="Recompute the hourly aggregates (count, sum, min, max, first, last per "
+        "device, metric and UTC hour) of every (device, hour) written or deleted since the last "
+        "run, one transaction per batch; safe while the ingest writes and from two processes at "
+        "once. Under TimescaleDB: run the continuous aggregate's refresh policy now.",
+    )
+    rollup.add_argument(
+        "--batch-hours",
+        type=_count,
+        default=10_000,
+        help="pending device-hours recomputed per transaction (default 10000)",
+    )
 
     inv = sub.add_parser("inventory", help="devices, DMAs and sites")
     inv_sub = inv.add_subparsers(dest="inventory_command", required=True, metavar="ACTION")
@@ -256,10 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev = an_sub.add_parser(
         "evaluate",
         help="score the detection on simulated histories with known leaks",
-        description="Write a simulated history into a scratch database, scan it, score the "
-        "alerts against its truth; exit 0 when every target is met, 1 otherwise.",
+        description="For each scenario and seed: write a simulated history into a scratch "
+        "database, scan it, score the alerts against its truth. A report per scenario and "
+        "overall; exit 0 when every target is met on every scenario, 1 otherwise.",
     )
-    ev.add_argument("--scenario", type=Path, help="history scenario TOML (default: evaluation)")
+    ev.add_argument(
+        "--scenario",
+        action="append",
+        metavar="FILE|NAME",
+        help="a history scenario: a TOML file or a packaged name (evaluation, "
+        "evaluation-autumn, evaluation-sparse, evaluation-large); repeat for more (default: "
+        "every packaged evaluation*.toml)",
+    )
     ev.add_argument("--seed", type=int, action="append", help="a seed; repeat for more (default 1)")
     ev.add_argument(
         "--days", type=_number(1.0, 3660.0, low_open=False), help="days (default: the scenario's)"
@@ -269,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _format(ev)
     ev.add_argument("--out", type=Path, help="write the JSON report here too")
-    ev.add_argument("--keep", action="store_true", help="keep the scratch database (one seed)")
+    ev.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch database (several runs: one each, the name suffixed _1, _2, ...)",
+    )
 
     alerts = sub.add_parser("alerts", help="list, acknowledge and resolve alerts")
     al_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

@@ -6,8 +6,9 @@ whole database, each file named after the stage that owns what it creates (``cor
 ``schema_migrations`` by version. ``upgrade`` holds a transaction-level advisory lock, so two
 processes running it at once apply each migration once, and running it again changes nothing.
 When the ``timescaledb`` extension is available, a last step turns ``readings`` into a hypertable
-with compression and (optional) retention policies; without it, plain PostgreSQL with the
-indexes of migration 0001 serves the same queries.
+with compression and (optional) retention policies, and the hourly rollup ``readings_hourly``
+into a continuous aggregate; without it, plain PostgreSQL with the indexes of migration 0001
+serves the same queries (and :mod:`core.rollup` keeps the rollup).
 """
 
 from __future__ import annotations
@@ -161,12 +162,14 @@ def upgrade(conn: psycopg.Connection, storage: StorageConfig | None = None) -> l
             _apply_timescale(conn, storage)
             applied_now.append("timescaledb")
         if TIMESCALE_VERSION in done:
+            _timescale_rollup(conn)  # a migration may have created the plain rollup
             _sync_policies(conn, storage)
     return applied_now
 
 
 def _apply_timescale(conn: psycopg.Connection, storage: StorageConfig) -> None:
-    """Hypertable, compression and retention for ``readings``.
+    """Hypertable, compression and retention for ``readings``; ``readings_hourly`` becomes a
+    continuous aggregate (:func:`_timescale_rollup`).
 
     Chunk interval: one day by default. A commune of 10,000 devices reporting 4 metrics every
     10 minutes writes ~5.8 M rows a day (~0.5 GB with the primary key); a day-sized chunk keeps
@@ -175,6 +178,7 @@ def _apply_timescale(conn: psycopg.Connection, storage: StorageConfig) -> None:
     """
     log.info("TimescaleDB available: converting readings to a hypertable")
     conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    _drop_rollup_triggers(conn)  # a table with transition-table triggers cannot become one
     conn.execute(
         "SELECT create_hypertable('readings', by_range('time', %s::interval), "
         "migrate_data => true)",
@@ -185,6 +189,7 @@ def _apply_timescale(conn: psycopg.Connection, storage: StorageConfig) -> None:
         "timescaledb.compress_segmentby = 'device_id', "
         "timescaledb.compress_orderby = 'metric_id, time DESC')"
     )
+    _timescale_rollup(conn)
     _sync_policies(conn, storage)
     conn.execute(
         "INSERT INTO schema_migrations (version, name) VALUES (%s, 'timescaledb')",
@@ -192,8 +197,97 @@ def _apply_timescale(conn: psycopg.Connection, storage: StorageConfig) -> None:
     )
 
 
+_ROLLUP_TRIGGERS = (
+    "readings_hourly_insert",
+    "readings_hourly_delete",
+    "readings_hourly_update",
+    "readings_hourly_truncate",
+)
+_ROLLUP_AGGREGATE = """CREATE MATERIALIZED VIEW readings_hourly
+    WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+    SELECT device_id, metric_id, time_bucket('1 hour', time) AS hour,
+           count(*)::integer AS count, sum(value) AS sum, min(value) AS min, max(value) AS max,
+           first(value, time) AS first, min(time) AS first_time,
+           last(value, time) AS last, max(time) AS last_time
+    FROM readings
+    GROUP BY device_id, metric_id, time_bucket('1 hour', time)
+    WITH NO DATA"""
+
+
+def _drop_rollup_triggers(conn: psycopg.Connection) -> None:
+    """The plain rollup's triggers on ``readings`` (migration 0004), if any."""
+    for trigger in _ROLLUP_TRIGGERS:
+        conn.execute(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON readings").format(sql.Identifier(trigger))
+        )
+
+
+def is_continuous_aggregate(conn: psycopg.Connection, view: str = "readings_hourly") -> bool:
+    """Whether ``view`` is a TimescaleDB continuous aggregate."""
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is None:
+        return False
+    row = conn.execute(
+        "SELECT 1 FROM timescaledb_information.continuous_aggregates "
+        "WHERE view_schema = current_schema() AND view_name = %s",
+        (view,),
+    ).fetchone()
+    return row is not None
+
+
+def _timescale_rollup(conn: psycopg.Connection) -> None:
+    """Replace the plain ``readings_hourly`` (table, pending log, triggers) by a continuous
+    aggregate of the same name and columns; the views over it (``api.readings_hourly``, and any
+    a stage added) are dropped and recreated as they were.
+
+    ``materialized_only = false``: the buckets not yet materialized (the last hour, and the
+    whole history until the policy's first run) are computed from ``readings`` when read, so a
+    query is always current. Created ``WITH NO DATA`` (the upgrade runs in one transaction,
+    where TimescaleDB refuses to materialize); the policy (:func:`_sync_policies`) and
+    ``sobriety db rollup`` materialize it. Nothing to do when it is one already.
+    """
+    if is_continuous_aggregate(conn):
+        return
+    log.info("TimescaleDB: readings_hourly becomes a continuous aggregate")
+    views = dependent_views(conn, "readings_hourly")
+    for schema, name, _ in reversed(views):
+        conn.execute(
+            sql.SQL("DROP VIEW {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+        )
+    _drop_rollup_triggers(conn)
+    conn.execute("DROP FUNCTION IF EXISTS readings_hourly_mark(), readings_hourly_clear()")
+    conn.execute("DROP TABLE IF EXISTS readings_hourly_pending, readings_hourly")
+    conn.execute(_ROLLUP_AGGREGATE)
+    for schema, name, definition in views:
+        head = sql.SQL("CREATE VIEW {}.{} AS ").format(sql.Identifier(schema), sql.Identifier(name))
+        conn.execute((head.as_string(conn) + definition).encode())
+
+
+def dependent_views(conn: psycopg.Connection, relation: str) -> list[tuple[str, str, str]]:
+    """The views built on ``relation``, directly or through other views: (schema, name,
+    definition), in creation order (a view after those it reads)."""
+    rows = conn.execute(
+        """WITH RECURSIVE deps(oid) AS (
+               SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+               WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s::regclass
+                 AND r.ev_class <> d.refobjid
+               UNION
+               SELECT r.ev_class FROM deps JOIN pg_depend d ON d.refobjid = deps.oid
+               JOIN pg_rewrite r ON r.oid = d.objid
+               WHERE d.classid = 'pg_rewrite'::regclass AND r.ev_class <> deps.oid)
+           SELECT n.nspname, c.relname, pg_get_viewdef(c.oid)
+           FROM deps JOIN pg_class c ON c.oid = deps.oid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind = 'v' ORDER BY c.oid""",
+        (relation,),
+    ).fetchall()
+    return [(str(s), str(n), str(d).strip().rstrip(";")) for s, n, d in rows]
+
+
 def _sync_policies(conn: psycopg.Connection, storage: StorageConfig) -> None:
-    """Make the compression and retention policies match the configuration."""
+    """Make the compression and retention policies match the configuration, and give the
+    hourly rollup its refresh policy: every hour, up to an hour ago (the last hour is computed
+    when read), back to a day short of the retention horizon — so the hourly aggregates of
+    readings dropped by retention are kept — or over the whole history without retention."""
     conn.execute("SELECT remove_compression_policy('readings', if_exists => true)")
     conn.execute(
         "SELECT add_compression_policy('readings', %s::interval)", (storage.compress_after,)
@@ -201,6 +295,17 @@ def _sync_policies(conn: psycopg.Connection, storage: StorageConfig) -> None:
     conn.execute("SELECT remove_retention_policy('readings', if_exists => true)")
     if storage.retention:
         conn.execute("SELECT add_retention_policy('readings', %s::interval)", (storage.retention,))
+    if is_continuous_aggregate(conn):
+        conn.execute(
+            "SELECT remove_continuous_aggregate_policy('readings_hourly', if_exists => true)"
+        )
+        conn.execute(  # a day inside the retention horizon: never over dropped chunks
+            "SELECT add_continuous_aggregate_policy('readings_hourly', "
+            "start_offset => CASE WHEN %(retention)s::interval IS NOT NULL THEN "
+            "greatest(%(retention)s::interval - INTERVAL '1 day', INTERVAL '3 hours') END, "
+            "end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '1 hour')",
+            {"retention": storage.retention},
+        )
 
 
 def is_hypertable(conn: psycopg.Connection, table: str = "readings") -> bool:

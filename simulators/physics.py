@@ -107,3 +107,32 @@ def cooling_power_kw(it_kw: float, outdoor_c: float) -> float:
 def facility_overhead_kw(it_kw: float) -> float:
     """Lighting, UPS and distribution losses of the room [kW]."""
     return 0.4 + 0.06 * it_kw
+
+
+def head_loss_m(inflow_m3h: FloatArray, peak_inflow_m3h: float, peak_loss_m: float) -> FloatArray:
+    """Head loss [m] from the inlet to a point whose loss is ``peak_loss_m`` at the expected
+    peak inflow: quadratic in the flow (Darcy-Weisbach, fully turbulent)."""
+    return np.asarray(peak_loss_m * (np.asarray(inflow_m3h) / max(peak_inflow_m3h, 1e-9)) ** 2)
+
+
+def favad_factor(pressure_m: FloatArray, reference_m: float, n1: float) -> FloatArray:
+    """FAVAD (May 1994; Thornton & Lambert): a leak's flow relative to its flow at the
+    reference pressure, ``(P / P₀)^N1`` — N1 0.5 for a fixed orifice in a rigid pipe, 1.5 for
+    background leakage and cracks that open with pressure, up to 2.5 in plastic pipes. No flow
+    at zero or negative pressure."""
+    ratio = np.clip(np.asarray(pressure_m) / max(reference_m, 1e-9), 0.0, None)
+    return np.asarray(ratio**n1)
+
+
+def _institution_raw(hour: FloatArray) -> FloatArray:
+    return np.asarray(0.75 + 0.5 * np.exp(-0.5 * ((hour - 11.0) / 3.5) ** 2))
+
+
+_INSTITUTION_MEAN = float(_institution_raw(np.linspace(0, 24, 1440, endpoint=False)).mean())
+
+
+def institution_pattern(hour: FloatArray, weekend: bool) -> FloatArray:
+    """Relative water use of a hospital or a factory on shifts at local ``hour`` (0-24), mean
+    1 over a weekday: steady day and night (kitchens, laundries, cooling, processes), a broad
+    late-morning peak; 80 % of it on weekends and public holidays."""
+    return np.asarray(_institution_raw(hour) / _INSTITUTION_MEAN * (0.8 if weekend else 1.0))

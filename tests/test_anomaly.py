@@ -292,6 +292,34 @@ def test_evaluate_command_scores_a_scenario(
         assert conn.execute(
             "SELECT count(*) FROM pg_database WHERE datname = %s", (scratch,)
         ).fetchone() == (0,)
+    # Two scenarios: the second has its leak start hours before the end (no night to see it
+    # by); a section each, one overall, the targets per scenario, and the command fails
+    # because one scenario misses its targets.
+    late = tmp_path / "late.toml"
+    late.write_text(
+        'name = "late"\nsite = "ev"\nstart = 2026-02-02\ndays = 40\ndmas = 2\n'
+        'customers = [30, 40]\nmeter_metrics = "flow"\ncoverage = [0.0, 0.5]\n'
+        "inlets = [2, 2]\npressure_sensors = [3, 3]\nschool_holidays = []\n"
+        "silent_meter_days = 0.0\nfrozen_meter_days = 0.0\ncustomer_leaks = 0\n"
+        "high_consumers = 0\nlarge_consumers = 0\n[leaks]\nper_dma = 0.0\n"
+        "[[fixed_leaks]]\ndma = 0\nstart_day = 39.8\nsize_fraction = 0.6\n"
+    )
+    two = ["--scenario", str(scenario), "--scenario", str(late)]
+    code = main(["--db-url", server_url, *args[:2], *two, "--database", scratch, "--out", str(out)])
+    text = capsys.readouterr().out
+    for section in ("== scenario small", "== scenario late", "== overall: 2 scenarios",
+                    "targets per scenario"):  # fmt: skip
+        assert section in text
+    report = json.loads(out.read_text())
+    assert [(s["scenario"], s["met"]) for s in report["scenarios"]] == [
+        ("small", True), ("late", False),
+    ]  # fmt: skip
+    assert report["met"] is False
+    assert report["leaks"] == 2
+    late_leak = report["scenarios"][1]["details"][0]["leaks"][0]
+    assert (late_leak["coverage"], late_leak["meter_mode"]) == (0.0, "none")
+    assert [row["size"] for row in report["by_coverage"]] == ["0", "<50%", ">=50%"]
+    assert code == 1
     # A detector told that no leak below 1,000 m3/h is worth finding finds none: the target is
     # missed, the report says so, the command fails.
     strict = tmp_path / "strict.toml"

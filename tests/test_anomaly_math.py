@@ -11,14 +11,9 @@ import pytest
 from numpy.testing import assert_allclose
 
 from anomaly.balance import decree_threshold_percent, uarl_litres_per_day, water_balance
+from anomaly.bursts import BurstParams, detect_bursts
 from anomaly.customers import continuous_flow_state, flag_runs, high_consumption_state
-from anomaly.detect import (
-    BurstParams,
-    cusum_threshold,
-    detect_bursts,
-    detect_steps,
-    noise_scale,
-)
+from anomaly.detect import cusum_threshold, detect_steps, noise_scale
 from anomaly.nights import EPOCH, night_series, window_bounds
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -241,9 +236,40 @@ def test_night_series_reports_gaps_instead_of_filling() -> None:
     res = night_series(h["t"], h["day"], h["hour"], inflow, frozen, np.zeros(n), meters, 10, PARIS)
     assert "frozen" in res.gap[j]
     frozen[at] = False
-    meters[at] = 5
+    # Customer meters are information, not a veto: too few of them is a note, not a gap.
+    meters[at] = 4
     res = night_series(h["t"], h["day"], h["hour"], inflow, frozen, np.zeros(n), meters, 10, PARIS)
-    assert "50% reported" in res.gap[j]
+    assert res.gap[j] == ""
+    assert "4 of the usual 10 reported" in res.note[j]
+    assert math.isnan(res.net_m3h[j])
+    assert res.mnf_m3h[j] == 2.0
+
+
+def test_missing_customer_meters_count_at_the_mean_of_those_that_reported() -> None:
+    """8 of the usual 10 meters told 0.4 m³/h: the 2 missing ones count at the same mean, so
+    the metered use is 0.5 m³/h; a DMA whose 30 meters are only 11 % of its customers still
+    subtracts what they measure."""
+    h = _hours_around(date(2026, 1, 14))
+    n = len(h["t"])
+    night = (date(2026, 1, 14) - EPOCH).days
+    meters = np.full(n, 10)
+    metered = np.full(n, 0.5)
+    window = (h["day"] == night) & (h["hour"] >= 2) & (h["hour"] < 4)
+    meters[window] = 8
+    metered[window] = 0.4
+    res = night_series(h["t"], h["day"], h["hour"], np.full(n, 2.0), np.zeros(n, bool), metered,
+                       meters, 90, PARIS)  # fmt: skip
+    j = int(np.nonzero(res.day == night)[0][0])
+    assert_allclose([res.metered_m3h[j], res.net_m3h[j]], [0.5, 1.5])
+    assert res.coverage[j] == 8 / 90
+    assert res.meters[j] == 8
+    assert res.note[j] == ""
+    # Meters that never tell night use (read daily): the MNF alone, no note.
+    res = night_series(h["t"], h["day"], h["hour"], np.full(n, 2.0), np.zeros(n, bool),
+                       np.zeros(n), np.zeros(n, np.int64), 90, PARIS)  # fmt: skip
+    assert res.net_m3h[j] == 2.0
+    assert res.note[j] == ""
+    assert res.coverage[j] == 0.0
 
 
 def test_nights_before_the_first_data_are_not_gaps() -> None:
