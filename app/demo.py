@@ -12,8 +12,15 @@ The ingest's MQTT session is the run's own and ended at exit. Days older than th
 window go through the ingest's backfill path (:mod:`ingest.backfill`: the same validation, as if
 received then), the rest over MQTT.
 
+Before the live run, the history of the town's water network (``[sites.water] history_days``
+of the scenario, four weeks in the demo's) is written straight into the database
+(:mod:`simulators.town_history`, binary ``COPY``), ending where the live devices start; a leak
+of the history still flowing is carried on by the live run. The anomaly scan covers the history
+and the live run.
+
 The summary (:mod:`app.demo_report`) compares what was stored with what was sent and rejected
-with what was injected; a difference is printed as such and the command fails.
+with what was injected, and the leaks of the truth with the leak alerts; a difference is printed
+as such and the command fails.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from psycopg import sql
 from anomaly.config import AnomalyConfig
 from anomaly.service import Scanner
 from app.cli_parser import DEMO_MAX_DAYS
-from app.demo_report import DemoReport, gather, render
+from app.demo_report import DemoReport, gather, render, stored_readings
 from app.embedded import ServiceError, Services, resolve_services
 from app.progress import progress_bar
 from core.config import Config
@@ -46,8 +53,9 @@ from ingest.config import IngestConfig
 from ingest.pipeline import Limits, Pipeline
 from ingest.service import IngestService
 from ingest.store import Store
-from simulators import Fleet, Town, build_town, load_scenario, packaged_scenario, write_inventory
+from simulators import Fleet, build_town, load_scenario, packaged_scenario, write_inventory
 from simulators.fleet import resolve_start
+from simulators.town_history import HistoryWritten, TownHistory
 
 log = logging.getLogger("sobriety.demo")
 
@@ -114,20 +122,25 @@ def run_demo(
         with connect(services.db_url) as conn:
             import_inventory(conn, dmas_csv)
             import_inventory(conn, devices_csv)
+        history = TownHistory(town, resolve_start(scenario, days))
         ingest_config = _ingest_config(config, services, scenario.root, run_id, scratch, serve)
         service = _start_ingest(ingest_config)
         try:
             if not service.subscribed.wait(30.0):
                 raise ServiceError(f"the ingest did not subscribe at {services.mqtt_url}")
-            fleet, backfill = _simulate(town, days, services, service, ingest_config, run_id)
+            fleet, backfill, written = _simulate(
+                history, days, services, service, ingest_config, run_id, out
+            )
             truth = fleet.truth
-            _settle(service, services.db_url, sites, truth.readings)
+            history.describe_leaks(truth, fleet.town)
+            _settle(service, services.db_url, sites, truth.start, truth.readings)
             truth_path = scratch / "truth.json"
             truth.write(truth_path)
+            anomaly = config.section(AnomalyConfig)
             with connect(services.db_url) as conn:
-                Scanner(config.section(AnomalyConfig)).scan(conn, truth.start, truth.end)
+                Scanner(anomaly).scan(conn, history.start, truth.end)
                 conn.commit()
-                report = gather(conn, truth, town, config.section(AnomalyConfig))
+                report = gather(conn, truth, town, anomaly, written)
             report.run_id = run_id
             report.services = services
             report.database_note = database_note
@@ -259,17 +272,20 @@ def _start_ingest(ingest_config: Config) -> IngestService:
 
 
 def _simulate(
-    town: Town,
+    history: TownHistory,
     days: float,
     services: Services,
     service: IngestService,
     ingest_config: Config,
     run_id: str,
-) -> tuple[Fleet, Backfill | None]:
-    """Play the days: those older than the ingest's window through the backfill, the rest over
-    MQTT with back-pressure; returns once everything sent is durable."""
+    out: TextIO,
+) -> tuple[Fleet, Backfill | None, HistoryWritten | None]:
+    """Write the history of the water network, then play the days from its end: those older
+    than the ingest's window through the backfill, the rest over MQTT with back-pressure;
+    returns once everything sent is durable. The history is written once the fleet is built
+    (its models hold the state the history ends at) and before it connects."""
     icfg = ingest_config.section(IngestConfig)
-    start = resolve_start(town.scenario, days)
+    town, start = history.live_town(), history.t0  # the live town carries the history's leaks
     live_days = max(icfg.past_window_s / 86400.0 - 1.0, 0.5)  # a day of margin in the window
     backfill_until = start + (days - live_days) * 86400.0
     backfill = None
@@ -308,7 +324,16 @@ def _simulate(
         backfill_until=backfill_until,
         pace=pace,
     )
+    written = None
     try:
+        if history.days:
+            with connect(services.db_url) as conn:
+                written = history.write(conn, fleet.models)
+            out.write(
+                f"history:  {history.days} days of the water network before the live run, "
+                f"{written.readings:,} readings by binary COPY in {written.seconds:.1f} s\n"
+            )
+            out.flush()
         fleet.connect()
         with progress_bar("simulating") as progress:
             fleet.run(progress=progress)
@@ -322,7 +347,7 @@ def _simulate(
         if store is not None:
             store.close()
     _wait_written(service, fleet.sent_live)
-    return fleet, backfill
+    return fleet, backfill, written
 
 
 def _wait_written(service: IngestService, sent: int) -> None:
@@ -336,21 +361,19 @@ def _wait_written(service: IngestService, sent: int) -> None:
             return
 
 
-def _settle(service: IngestService, db_url: str, sites: list[str], readings: int) -> None:
+def _settle(
+    service: IngestService, db_url: str, sites: list[str], since: float, readings: int
+) -> None:
     """Before counting: what went to the spool (the database busy for a moment) is replayed,
     no batch is open, and — a message delivered twice after a reconnection counts twice in
-    ``written`` — the readings themselves are in the database, or stopped arriving for
-    :data:`SETTLE_STALL_S` (a loss, which the summary then shows)."""
+    ``written`` — the readings themselves (of the live run, from ``since``) are in the
+    database, or stopped arriving for :data:`SETTLE_STALL_S` (a loss, which the summary then
+    shows)."""
     last, still_since = -1, time.monotonic()
     with connect(db_url, autocommit=True) as conn:
         while True:
             busy = service.spool.size_bytes > 0 or service.batcher.pending() > 0
-            row = conn.execute(
-                "SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device_id "
-                "WHERE d.site = ANY(%s)",
-                (sites,),
-            ).fetchone()
-            stored = int(row[0]) if row is not None else 0
+            stored = stored_readings(conn, sites, since)[1]
             if not busy and stored >= readings:
                 return
             if stored != last or busy:

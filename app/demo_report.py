@@ -1,6 +1,8 @@
 """The demo's summary: what the database holds after the run, next to the simulation's ground
 truth, and every difference that matters named as a problem (a problem makes ``sobriety demo``
-fail). Figures cover the run's whole period and say so."""
+fail). Figures cover the run's whole period and say so; the history of the water network written
+before it (:mod:`simulators.town_history`) is counted apart, and the leaks of both are set
+against the leak alerts in their own section (:mod:`app.demo_leaks`)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from anomaly.config import AnomalyConfig
+from app.demo_leaks import LeakFindings, find_leaks, leak_problems, render_leaks
 from core.db import redact
 from simulators import Town, Truth
 
 if TYPE_CHECKING:
     from app.embedded import Services
     from ingest.backfill import Backfill
+    from simulators.town_history import HistoryWritten
 
 LUMINAIRE_FAULTS = ("lamp_failure", "day_burner", "power_drift")
 
@@ -60,6 +64,9 @@ class DemoReport:
     customer_leaks: list[str]
     full_days: int
     continuous_min_days: int
+    leaks: LeakFindings = field(default_factory=LeakFindings)
+    history: HistoryWritten | None = None
+    history_stored: int = 0
     problems: list[str] = field(default_factory=list)
     run_id: str = ""
     services: Services | None = None
@@ -112,17 +119,29 @@ def _full_local_days(start: float, end: float, tz: ZoneInfo) -> int:
     return max((last - first).days, 0) if start < end else 0
 
 
+def stored_readings(conn: psycopg.Connection, sites: list[str], since: float) -> tuple[int, int]:
+    """Readings stored for ``sites`` before and from ``since`` [s since epoch]: the history's
+    and the live run's."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE r.time < to_timestamp(%(t)s)), "
+        "count(*) FILTER (WHERE r.time >= to_timestamp(%(t)s)) "
+        "FROM readings r JOIN devices d ON d.id = r.device_id WHERE d.site = ANY(%(sites)s)",
+        {"t": since, "sites": sites},
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row is not None else (0, 0)
+
+
 def gather(
-    conn: psycopg.Connection, truth: Truth, town: Town, anomaly: AnomalyConfig
+    conn: psycopg.Connection,
+    truth: Truth,
+    town: Town,
+    anomaly: AnomalyConfig,
+    history: HistoryWritten | None = None,
 ) -> DemoReport:
-    """The figures of the run from the database, next to ``truth``; the problems found."""
+    """The figures of the run from the database, next to ``truth`` (and the ``history``
+    written before it, if any); the problems found."""
     sites = [s.spec.site for s in town.sites]
-    stored = _scalar(
-        conn,
-        "SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device_id "
-        "WHERE d.site = ANY(%s)",
-        (sites,),
-    )
+    history_stored, stored = stored_readings(conn, sites, truth.start)
     # One row per distinct rejected message (a duplicate delivery raises its times_seen).
     rejected = {
         str(r): int(n)
@@ -153,8 +172,8 @@ def gather(
             measured = _scalar(
                 conn,
                 "SELECT max(value) - min(value) FROM api.readings WHERE site = %s AND "
-                "device = %s AND metric = 'volume'",
-                (site, meter),
+                "device = %s AND metric = 'volume' AND time >= to_timestamp(%s)",
+                (site, meter, truth.start),
             )
             water[f"{site}/{dma}"] = (measured, truth.water[f"{site}/{dma}"]["inflow_m3"])
         if st.spec.server_room.enabled:
@@ -195,6 +214,11 @@ def gather(
         ),
         full_days=_full_local_days(truth.start, truth.end, tz),
         continuous_min_days=anomaly.continuous_min_days,
+        leaks=find_leaks(
+            conn, truth, town, truth.start if history is None else history.start, anomaly
+        ),
+        history=history,
+        history_stored=history_stored,
     )
     report.problems = problems(report)
     return report
@@ -213,6 +237,11 @@ def problems(report: DemoReport) -> list[str]:
         found.append(f"LOSS: {lost:,} of {report.readings_sent:,} readings sent were not stored")
     elif lost < 0:
         found.append(f"MISMATCH: {-lost:,} more readings stored than sent (data of another run?)")
+    if report.history is not None and report.history_stored != report.history.readings:
+        found.append(
+            f"MISMATCH: {report.history.readings:,} readings of the history written, "
+            f"{report.history_stored:,} stored before the live run"
+        )
     if report.rejected != report.expected_rejections:
         found.append(
             f"MISMATCH: rejected messages by reason {_counts(report.rejected)}, but the faults "
@@ -225,6 +254,7 @@ def problems(report: DemoReport) -> list[str]:
                 f"MISMATCH: continuous flow flagged on {', '.join(flagged) or 'no meter'}; the "
                 f"customer leaks injected are on {', '.join(report.customer_leaks) or 'none'}"
             )
+    found.extend(leak_problems(report.leaks))
     return found
 
 
@@ -248,6 +278,15 @@ def _command() -> str:
     return f"{shlex.quote(sys.executable)} -m app.cli"
 
 
+def _history_days(history: HistoryWritten) -> str:
+    """``28 days``, or per commune when they differ."""
+    spans = set(history.days.values())
+    if len(spans) == 1:
+        n = spans.pop()
+        return f"{n} day{'' if n == 1 else 's'}"
+    return ", ".join(f"{n} days ({site})" for site, n in history.days.items())
+
+
 def _versus(measured: float, true: float, unit: str) -> str:
     return f"{measured:,.1f} {unit} measured, {true:,.1f} {unit} true"
 
@@ -259,10 +298,12 @@ def render(report: DemoReport, serve: bool) -> str:
     days = (report.end - report.start) / 86400.0
     w("")
     w("== sobriety demo: one simulated town through the whole chain ==")
+    history = report.history
     w(
         f"period: {_when(report.start)} to {_when(report.end)} "
         f"({days:g} day{'' if days == 1 else 's'}); "
         "every figure below covers it"
+        + (", but for the history before it and the leaks" if history is not None else "")
     )
     w(f"communes: {', '.join(report.sites)}; {report.devices} devices")
     path = f"{report.messages_live:,} published over MQTT"
@@ -273,6 +314,14 @@ def render(report: DemoReport, serve: bool) -> str:
         )
     w(f"messages sent: {report.messages_sent:,} with readings ({path}, faults included)")
     w(f"readings: {report.readings_sent:,} sent, {report.readings_stored:,} stored")
+    if history is not None:
+        w(
+            f"historique / history: {_history_days(history)} of the water network before the "
+            f"period ({_when(history.start)} to {_when(history.end)}), {history.devices} devices: "
+            f"{history.readings:,} readings written straight into the database (binary COPY, "
+            f"not through MQTT nor the ingest), {report.history_stored:,} stored, in "
+            f"{history.seconds:.1f} s"
+        )
     w(
         f"rejected messages by reason: {_counts(report.rejected)} "
         f"(the faults injected call for: {_counts(report.expected_rejections)})"
@@ -323,17 +372,17 @@ def render(report: DemoReport, serve: bool) -> str:
             f"{report.continuous_min_days} whole local days, the run has {report.full_days} "
             f"(try --days {report.continuous_min_days + 1})"
         )
-    w(
-        "leaks in the DMAs: not assessed in the demo (night-flow detection learns from 7 nights "
-        "before a leak; see `sobriety anomaly evaluate`)"
-    )
+    lines.extend(render_leaks(report.leaks))
     if report.problems:
         w("")
         for problem in report.problems:
             w(problem)
-        w("the demo FAILED: what was stored does not match what was sent")
+        w("the demo FAILED: what was stored or found does not match the ground truth")
     else:
-        w("everything sent was stored, every injected fault was rejected with its reason")
+        w(
+            "everything sent was stored, every injected fault was rejected with its reason"
+            + (", every leak the detector could see was found" if report.leaks.leaks else "")
+        )
     w(f"done in {report.seconds:.0f} s")
     w("")
     w("where to look:")

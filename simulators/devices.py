@@ -47,6 +47,12 @@ _DIGITS = {
 }
 
 
+def sent_value(metric: str, value: float, factor: float) -> float:
+    """``value`` (canonical unit) as a device sends it: times ``factor`` (the unit it sends)
+    and rounded to the resolution of its register (3 more digits in a larger unit)."""
+    return round(value * factor, _DIGITS[metric] + (3 if factor < 1 else 0))
+
+
 class Group:
     """Devices of one kind at one site that report the same metrics through one gateway."""
 
@@ -104,7 +110,7 @@ class Group:
                 if abs(value - prev) < band[metric] and t - when < self.max_silence[i]:
                     continue
             last[metric] = (value, t)
-            sent = round(value * factor, _DIGITS[metric] + (3 if factor < 1 else 0))
+            sent = sent_value(metric, value, factor)
             self.pending[i].append((metric, sent, unit, stamp, skewed))
         if self.on_sampled is not None:
             self.on_sampled(i)

@@ -63,6 +63,31 @@ class Leak(StrictModel):
     ramp_h: float = Field(24.0, gt=0)
 
 
+class HistoryLeak(StrictModel):
+    """A leak of the history written before the live run (``history_days``): it starts
+    ``start_day`` days before the live start (negative), ``burst`` (a step) or ``incipient``
+    (growing linearly over ``ramp_h``), and is repaired ``end_day`` days from the live start
+    (negative: during the history; positive: during the live run; absent: never — the live run
+    carries it on). Sized by ``flow_m3h``, or by ``size_fraction`` of the DMA's expected minimum
+    night flow (its customers' night use and its background leakage, 02:00-04:00 local)."""
+
+    dma: int = Field(0, ge=0, description="index of the DMA in the site")
+    kind: Literal["burst", "incipient"] = "burst"
+    start_day: float = Field(..., lt=0, description="days from the live start, negative")
+    end_day: float | None = None
+    size_fraction: float | None = Field(None, gt=0)
+    flow_m3h: float | None = Field(None, gt=0)
+    ramp_h: float = Field(24.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sized(self) -> HistoryLeak:
+        if (self.size_fraction is None) == (self.flow_m3h is None):
+            raise ValueError("one of size_fraction (of the DMA's minimum night flow) or flow_m3h")
+        if self.end_day is not None and self.end_day <= self.start_day:
+            raise ValueError(f"end_day = {self.end_day:g} after start_day = {self.start_day:g}")
+        return self
+
+
 class Water(StrictModel):
     """District metered areas with their meters, and the pumping station feeding them."""
 
@@ -80,6 +105,23 @@ class Water(StrictModel):
     pumping_station: bool = True
     pump_kwh_per_m3: float = Field(0.45, gt=0)
     leaks: list[Leak] = Field(default_factory=list)
+    history_days: int = Field(
+        0, ge=0, le=366, description="days of history before the live run (sobriety demo); 0: none"
+    )
+    history_leaks: list[HistoryLeak] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _history(self) -> Water:
+        for n, leak in enumerate(self.history_leaks):
+            where = f"history_leaks[{n}]"
+            if leak.dma >= self.dmas:
+                raise ValueError(f"{where}.dma = {leak.dma}: the site has {self.dmas} DMA(s)")
+            if -leak.start_day > self.history_days:
+                raise ValueError(
+                    f"{where}.start_day = {leak.start_day:g}: within the history, at least "
+                    f"-history_days = {-self.history_days}"
+                )
+        return self
 
 
 class ServerRoom(StrictModel):
