@@ -219,10 +219,17 @@ def _hour_profile(
 
 
 def _column_median(values: FloatArray) -> FloatArray:
-    """Median of each column ignoring NaN (a sort when there is none: ``nanmedian`` of small
-    arrays is 50 times slower)."""
-    if np.isfinite(values).all():
-        srt = np.sort(values, axis=0)
+    """Median of each column ignoring NaN, by one sort (NaN sort last; ``nanmedian`` of small
+    arrays is 50 times slower); NaN for a column without a finite value."""
+    if len(values) == 0:
+        return np.full(values.shape[1], np.nan)
+    srt = np.sort(values, axis=0)
+    finite = np.isfinite(srt)
+    if finite.all():
         n = len(srt)
         return np.asarray((srt[(n - 1) // 2] + srt[n // 2]) / 2.0)
-    return np.asarray(np.nanmedian(values, axis=0))
+    count = finite.sum(axis=0)
+    lo = np.take_along_axis(srt, np.maximum((count - 1) // 2, 0)[None, :], axis=0)[0]
+    hi = np.take_along_axis(srt, np.maximum(count // 2, 0)[None, :], axis=0)[0]
+    hi = np.where(count % 2 == 1, lo, hi)
+    return np.where(count > 0, (lo + hi) / 2.0, np.nan)

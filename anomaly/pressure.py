@@ -4,8 +4,9 @@ Water that leaves the network through a leak flows through the pipes from the in
 head loss of a pipe grows with the square of its flow: the pressure at a sensor downstream falls
 by ``ΔP = c · ((Q₀ + L)² − Q₀²)`` when a leak ``L`` [m³/h] adds to a night inflow ``Q₀``, where
 ``c`` [bar per (m³/h)²] is the sensor's head-loss coefficient. ``c`` is measured, not assumed:
-it is the slope of the sensor's hourly pressure against the square of the DMA's inflow over the
-scanned period (the daily demand cycle spans a wide range of flows). At night flows are low, so
+over the scanned period, the sensor's mean pressure at each local hour of the day against the
+DMA's mean squared inflow at that hour (:func:`head_loss_slope`: the daily demand cycle spans a
+wide range of flows). At night flows are low, so
 small leaks move the pressure very little: the evidence says how much drop the flow excess
 *should* cause (``expected_z``, in units of the sensors' night-to-night noise, combined over
 sensors) and how much there *is* (``drop_z``):
@@ -88,6 +89,23 @@ class PressureEvidence:
         if seen < params.contradict_share * expected:
             return "contradicted"
         return "silent"
+
+
+def head_loss_slope(by_hour_bar: FloatArray, by_hour_q2: FloatArray) -> FloatArray:
+    """Head-loss coefficient [bar per (m³/h)²] of each sensor: the least-squares slope of its
+    mean pressure per local hour of the day (sensors × 24 [bar]) against the DMA's mean squared
+    inflow per local hour of the day (24 [(m³/h)²]); NaN with fewer than 12 hours known or no
+    spread of the flow."""
+    out = np.full(by_hour_bar.shape[0], np.nan)
+    for j, row in enumerate(by_hour_bar):
+        ok = np.isfinite(row) & np.isfinite(by_hour_q2)
+        if ok.sum() < 12:
+            continue
+        x = by_hour_q2[ok] - by_hour_q2[ok].mean()
+        if float(x @ x) <= 0:
+            continue
+        out[j] = float(x @ (row[ok] - row[ok].mean())) / float(x @ x)
+    return out
 
 
 def pressure_evidence(

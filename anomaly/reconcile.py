@@ -171,17 +171,29 @@ def manual_resolutions(conn: psycopg.Connection, site: str, kind: str) -> dict[s
     return out
 
 
+_NIGHT_COLUMNS = (
+    "site, dma, night, window_start, window_end, mnf_m3h, metered_m3h, net_m3h, baseline_m3h, "
+    "meter_coverage, gap, meters_reported, pressure_drop_z, note"
+)
+
+
 def write_nights(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Upsert rows of ``dma_nights`` (site, dma, night, window_start, window_end, mnf,
-    metered, net, baseline, coverage, gap, meters reported, pressure drop, note)."""
+    metered, net, baseline, coverage, gap, meters reported, pressure drop, note): COPY into a
+    temporary table, then one upsert (a year of 100 DMAs is 36,500 rows)."""
     if not rows:
         return
+    conn.execute(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS dma_nights_stage "
+        "(LIKE dma_nights INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
     with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO dma_nights (site, dma, night, window_start, window_end, mnf_m3h,
-                   metered_m3h, net_m3h, baseline_m3h, meter_coverage, gap, meters_reported,
-                   pressure_drop_z, note)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        with cur.copy(f"COPY dma_nights_stage ({_NIGHT_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(
+            f"""INSERT INTO dma_nights ({_NIGHT_COLUMNS})
+               SELECT {_NIGHT_COLUMNS} FROM dma_nights_stage
                ON CONFLICT (site, dma, night) DO UPDATE SET
                    window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
                    mnf_m3h = EXCLUDED.mnf_m3h, metered_m3h = EXCLUDED.metered_m3h,
@@ -189,6 +201,6 @@ def write_nights(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None:
                    meter_coverage = EXCLUDED.meter_coverage, gap = EXCLUDED.gap,
                    meters_reported = EXCLUDED.meters_reported,
                    pressure_drop_z = EXCLUDED.pressure_drop_z, note = EXCLUDED.note,
-                   computed_at = now()""",
-            rows,
+                   computed_at = now()"""
         )
+        cur.execute("DELETE FROM dma_nights_stage")

@@ -29,8 +29,9 @@ from anomaly.config import AnomalyConfig
 from anomaly.customers import continuous_flow_state, flag_runs, high_consumption_state
 from anomaly.detect import Episode, StepParams, detect_steps
 from anomaly.nights import EPOCH, Nights, metered_use, nan_to_none, night_series
-from anomaly.pressure import PressureEvidence, pressure_evidence
+from anomaly.pressure import PressureEvidence, head_loss_slope, pressure_evidence
 from core import rollup
+from core.arrays import FloatArray
 from core.clock import Clock, SystemClock, utc
 from core.db import connect
 from core.errors import SobrietyError
@@ -210,6 +211,15 @@ def _gap_found(site: str, dma: str, nights: Nights, until: float) -> list[alerts
     return out
 
 
+def _mean_square_by_hour(h: store.DmaHours) -> FloatArray:
+    """Mean squared net inflow [(m³/h)²] of a DMA per local hour of the day (NaN: none)."""
+    ok = np.isfinite(h.inflow_m3h)
+    total = np.bincount(h.hour[ok], weights=h.inflow_m3h[ok] ** 2, minlength=24)
+    count = np.bincount(h.hour[ok], minlength=24)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def _local_midnight(day: int, tz: ZoneInfo) -> float:
     return datetime.combine(EPOCH + timedelta(days=day), datetime.min.time(), tz).timestamp()
 
@@ -300,7 +310,8 @@ class Scanner:
             pn = pressures.get(info.dma)
             evidence: PressureEvidence | None = None
             if pn is not None:
-                evidence = pressure_evidence(nights.day, pn.days, pn.bar, pn.slope)
+                slope = head_loss_slope(pn.by_hour, _mean_square_by_hour(h))
+                evidence = pressure_evidence(nights.day, pn.days, pn.bar, slope)
             dma_resets = tuple(resets.get(info.dma, ()))
             steps = detect_steps(
                 nights.window_start, nights.window_end, nights.net_m3h, nights.weekend,

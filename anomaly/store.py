@@ -4,8 +4,8 @@ and are not aggregated again at every scan.
 
 - per DMA and UTC hour: net inflow of its flow meters, whether one was frozen, and the metered
   use of its customer meters (index differenced, or flow averaged, whichever each reports);
-- per pressure sensor and local night: mean pressure over the night window, and the sensor's
-  head-loss coefficient (how much its pressure falls per (m³/h)² of inflow);
+- per pressure sensor and local night: mean pressure over the night window, and per local hour
+  of the day (the daily cycle that gives its head-loss coefficient);
 - per customer meter and local day: consumption and continuity;
 - per DMA and period: volumes for the water balance.
 
@@ -242,15 +242,14 @@ def dma_hours(
 @dataclass(slots=True)
 class PressureNights:
     """Night pressure of the sensors of one DMA: ``days`` local day numbers, ``bar`` sensors ×
-    days mean pressure over the night window [bar] (NaN: no reading), ``slope`` per sensor
-    [bar per (m³/h)²]: the least-squares slope of its hourly pressure against the square of the
-    DMA's net inflow (head losses grow with the square of the flow; negative for a sensor
-    downstream of the inlet, NaN when it could not be estimated)."""
+    days mean pressure over the night window [bar] (NaN: no reading), ``by_hour`` sensors × 24
+    mean pressure per local hour of the day over the period [bar] (the daily cycle that gives
+    each sensor's head-loss coefficient, :func:`anomaly.pressure.head_loss_slope`)."""
 
     sensors: list[int]
     days: IntArray
     bar: FloatArray
-    slope: FloatArray
+    by_hour: FloatArray
 
 
 _PRESSURE_NIGHTS = """
@@ -265,23 +264,13 @@ WHERE d.site = %(site)s AND d.kind = 'pressure_sensor' AND d.dma IS NOT NULL
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
-_HEAD_LOSS = """
-WITH dev AS (
-    SELECT id, dma, CASE WHEN role = 'outlet' THEN -1.0::float8 ELSE 1.0::float8 END AS sign,
-           count(*) OVER (PARTITION BY dma) AS meters
-    FROM devices
-    WHERE site = %(site)s AND dma IS NOT NULL AND kind = 'flow_meter'
-      AND role IN ('inlet', 'outlet')
-), flows AS (
-    SELECT dev.dma, h.hour, sum(dev.sign * h.sum / h.count) AS q
-    FROM dev JOIN readings_hourly h ON h.device_id = dev.id AND h.metric_id = 1
-    WHERE h.hour >= %(since)s AND h.hour < %(until)s
-    GROUP BY 1, 2, dev.meters HAVING count(*) = dev.meters
-)
-SELECT d.dma, h.device_id, regr_slope(h.sum / h.count, f.q * f.q), count(*)
+# Mean pressure of each sensor per local hour of the day over the period: with the DMA's mean
+# squared inflow per hour of the day, the daily demand cycle gives the head-loss coefficient.
+_PRESSURE_PROFILE = """
+SELECT h.device_id, extract(hour FROM h.hour AT TIME ZONE %(tz)s)::int8,
+       sum(h.sum) / sum(h.count), count(*)
 FROM devices d JOIN readings_hourly h ON h.device_id = d.id AND h.metric_id = 3
-JOIN flows f ON f.dma = d.dma AND f.hour = h.hour
-WHERE d.site = %(site)s AND d.kind = 'pressure_sensor'
+WHERE d.site = %(site)s AND d.kind = 'pressure_sensor' AND d.dma IS NOT NULL
   AND h.hour >= %(since)s AND h.hour < %(until)s
 GROUP BY 1, 2
 """
@@ -298,10 +287,10 @@ def pressure_nights(
     rows = conn.execute(_PRESSURE_NIGHTS, params).fetchall()
     if not rows:
         return {}
-    slopes = {
-        int(r[1]): float(r[2]) if r[2] is not None and int(r[3]) >= 48 else np.nan
-        for r in conn.execute(_HEAD_LOSS, params)
-    }
+    profile: dict[int, FloatArray] = {}
+    for sensor, hod, bar, hours in conn.execute(_PRESSURE_PROFILE, params):
+        if int(hours) >= 2:  # two days of that hour at least
+            profile.setdefault(int(sensor), np.full(24, np.nan))[int(hod)] = float(bar)
     per_dma: dict[str, dict[int, dict[int, float]]] = {}
     for dma, sensor, day, bar in rows:
         per_dma.setdefault(dma, {}).setdefault(int(sensor), {})[int(day)] = float(bar)
@@ -315,8 +304,8 @@ def pressure_nights(
         for i, sensor in enumerate(ids):
             for day, value in sensors[sensor].items():
                 bar[i, day - first] = value
-        slope = np.array([slopes.get(s, np.nan) for s in ids], dtype=np.float64)
-        out[dma] = PressureNights(ids, days, bar, slope)
+        hod = np.stack([profile.get(s, np.full(24, np.nan)) for s in ids])
+        out[dma] = PressureNights(ids, days, bar, hod)
     return out
 
 
