@@ -113,3 +113,12 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clust
     cluster.start()
     yield cluster
     cluster.stop("immediate")
+
+
+TIMESCALE_URL = os.environ.get("SOBRIETY_TEST_TIMESCALE_URL")
+"""A PostgreSQL server with the timescaledb extension, for the tests of that path."""
+needs_timescale = pytest.mark.skipif(
+    not TIMESCALE_URL,
+    reason="SOBRIETY_TEST_TIMESCALE_URL is not set: no database with the timescaledb extension "
+    "on this machine (TimescaleDB is not packaged for Debian bookworm nor on PyPI)",
+)

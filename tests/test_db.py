@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from core.db import (
     upgrade,
     with_database,
 )
+from tests.fix_db import TIMESCALE_URL, needs_timescale
 
 pytestmark = pytest.mark.services
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,15 +105,8 @@ def test_plain_postgres_has_the_indexes_queries_need(conn: psycopg.Connection) -
     assert {"readings_pkey", "readings_time_idx"} <= indexes
 
 
-TIMESCALE_URL = os.environ.get("SOBRIETY_TEST_TIMESCALE_URL")
-
-
 @pytest.mark.timescale
-@pytest.mark.skipif(
-    not TIMESCALE_URL,
-    reason="SOBRIETY_TEST_TIMESCALE_URL is not set: no database with the timescaledb extension "
-    "on this machine (TimescaleDB is not packaged for Debian bookworm nor on PyPI)",
-)
+@needs_timescale
 def test_timescale_hypertable_compression_and_retention() -> None:
     assert TIMESCALE_URL is not None
     name = f"sobriety_test_ts_{uuid.uuid4().hex[:10]}"  # a database of this run's own

@@ -7,7 +7,6 @@ refresh runs, backfilled by its migration, read through ``api.readings_hourly`` 
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import threading
@@ -21,7 +20,7 @@ import pytest
 from app.cli import main
 from core.db import dependent_views, is_continuous_aggregate, migrations, upgrade, with_database
 from core.rollup import DENSE_SHARE, RefreshReport, dense, refresh
-from tests.fix_db import register
+from tests.fix_db import TIMESCALE_URL, needs_timescale, register
 from tests.fix_mqtt import wait_until
 
 pytestmark = pytest.mark.services
@@ -357,15 +356,8 @@ def test_views_over_the_rollup_can_be_rebuilt_on_its_replacement(conn: psycopg.C
     assert conn.execute("SELECT * FROM api.busy_hours").fetchall() == []
 
 
-TIMESCALE_URL = os.environ.get("SOBRIETY_TEST_TIMESCALE_URL")
-
-
 @pytest.mark.timescale
-@pytest.mark.skipif(
-    not TIMESCALE_URL,
-    reason="SOBRIETY_TEST_TIMESCALE_URL is not set: no database with the timescaledb extension "
-    "on this machine (TimescaleDB is not packaged for Debian bookworm nor on PyPI)",
-)
+@needs_timescale
 def test_timescale_rollup_is_a_continuous_aggregate_of_the_same_columns() -> None:
     assert TIMESCALE_URL is not None
     name = f"sobriety_test_ts_{uuid.uuid4().hex[:10]}"
