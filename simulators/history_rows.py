@@ -48,11 +48,14 @@ class Rows:
             self._parts.append((times, np.full(len(times), device, np.int32), metric, values))
             self.count += len(times)
 
-    def add_many(self, times: FloatArray, devices: npt.NDArray[np.int32], metric: int,
-                 values: FloatArray, decimals: int) -> None:  # fmt: skip
-        """Readings of several devices at once (arrays of the same shape)."""
+    def add_many(self, times: FloatArray, devices: npt.NDArray[np.integer], metric: int,
+                 values: FloatArray, decimals: int | None) -> None:  # fmt: skip
+        """Readings of several devices at once (arrays of the same shape), values rounded to
+        ``decimals`` (None: stored as given, already rounded as a device sends them)."""
         if times.size:
-            rounded = np.asarray(np.round(values.ravel(), decimals), dtype=np.float64)
+            flat = values.ravel()
+            rounded = np.asarray(flat if decimals is None else np.round(flat, decimals),
+                                 dtype=np.float64)  # fmt: skip
             self._parts.append(
                 (
                     times.ravel().astype(np.float64),

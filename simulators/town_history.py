@@ -44,7 +44,7 @@ from core.arrays import BoolArray, FloatArray, IntArray
 from core.contract import METRICS, unit_conversion
 from simulators import physics
 from simulators.devices import KIND_METRICS, sent_value
-from simulators.history_rows import COPY_SQL, PG_EPOCH
+from simulators.history_rows import COPY_SQL, Rows
 from simulators.scenario import Leak
 from simulators.site_model import SiteModel
 from simulators.town import SiteTown, Town
@@ -58,11 +58,6 @@ default)."""
 _STREAM = 0x4157_0A1D
 """Mixed into the seeds of the history's generators: its draws are not the live run's."""
 _FLOW, _VOLUME, _PRESSURE = (METRICS[m].id for m in ("flow", "volume", "pressure"))
-_TUPLE = np.dtype(
-    [("fields", ">i2"), ("time_len", ">i4"), ("time", ">i8"), ("device_len", ">i4"),
-     ("device", ">i4"), ("metric_len", ">i4"), ("metric", ">i2"), ("value_len", ">i4"),
-     ("value", ">f8")]
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,32 +151,14 @@ def _as_stored(values: FloatArray, kind: str, metric: str) -> FloatArray:
     return np.array([sent_value(metric, v, factor) * scale + offset for v in values.tolist()])
 
 
-class _Batch:
-    """Readings of one day, as arrays, encoded for a binary ``COPY`` without touching the
-    values (:class:`simulators.history_rows.Rows` rounds them again, which moves a quarter of
-    the litre-to-m³ values by a unit in the last place: an index could seem to go back)."""
+class _Batch(Rows):
+    """Readings of one day, as arrays; values are stored as given: they are already rounded
+    as the live devices send them (rounding again would move a quarter of the litre-to-m³
+    values by a unit in the last place, and an index could seem to go back)."""
 
-    def __init__(self) -> None:
-        self.parts: list[tuple[FloatArray, IntArray, int, FloatArray]] = []
-        self.count = 0
-
-    def add(self, times: FloatArray, devices: IntArray, metric: int, values: FloatArray) -> None:
-        if times.size:
-            self.parts.append((times.ravel(), devices.ravel(), metric, values.ravel()))
-            self.count += times.size
-
-    def encode(self) -> bytes:
-        out = np.empty(self.count, dtype=_TUPLE)
-        out["fields"], out["time_len"], out["device_len"] = 4, 8, 4
-        out["metric_len"], out["value_len"] = 2, 8
-        at = 0
-        for times, devices, metric, values in self.parts:
-            part = out[at : at + len(times)]
-            part["time"] = np.round((times - PG_EPOCH) * 1e6).astype(np.int64)
-            part["device"], part["metric"], part["value"] = devices, metric, values
-            at += len(times)
-        header = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension
-        return header + out.tobytes() + b"\xff\xff"
+    def put(self, times: FloatArray, devices: IntArray, metric: int, values: FloatArray) -> None:
+        """Readings of several devices at once (arrays of the same shape)."""
+        self.add_many(times, devices, metric, values, None)
 
 
 def _utc_offsets(t: FloatArray, tz: ZoneInfo) -> FloatArray:
@@ -287,7 +264,7 @@ class _Site:
         self._meters(m, t, inflow, outflow, vol_in, vol_out, rng, batch)
         read = ((m[None, :] - self.wm_phase[:, None]) % self.every["water_meter"] == 0) & (m > 0)
         rows, cols = np.nonzero(read)
-        batch.add(t[cols], self.wm[rows], _VOLUME,
+        batch.put(t[cols], self.wm[rows], _VOLUME,
                   _as_stored(cust[rows, cols], "water_meter", "volume"))  # fmt: skip
 
     def _meters(self, m: IntArray, t: FloatArray, inflow: FloatArray, outflow: FloatArray,
@@ -302,12 +279,12 @@ class _Site:
             for dev, flow, index in meters:
                 noisy = flow[sel] * (1.0 + self.flow_noise * rng.standard_normal(int(sel.sum())))
                 ids = np.full(int(sel.sum()), dev, dtype=np.int64)
-                batch.add(t[sel], ids, _FLOW, _as_stored(noisy, "flow_meter", "flow"))
-                batch.add(t[sel], ids, _VOLUME, _as_stored(index[sel], "flow_meter", "volume"))
+                batch.put(t[sel], ids, _FLOW, _as_stored(noisy, "flow_meter", "flow"))
+                batch.put(t[sel], ids, _VOLUME, _as_stored(index[sel], "flow_meter", "volume"))
             sel = (m % self.every["pressure_sensor"] == 0) & (m > 0)
             bar = np.array([physics.dma_pressure_bar(q, self.head_m, float(self.peak[d]))
                             for q in inflow[d, sel].tolist()])  # fmt: skip
-            batch.add(t[sel], np.full(int(sel.sum()), self.ps[d], dtype=np.int64), _PRESSURE,
+            batch.put(t[sel], np.full(int(sel.sum()), self.ps[d], dtype=np.int64), _PRESSURE,
                       _as_stored(bar, "pressure_sensor", "pressure"))  # fmt: skip
 
 
