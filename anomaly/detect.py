@@ -96,6 +96,7 @@ class Episode:
     excess: list[float] = field(default_factory=list)
     end_reason: str = ""
     evidence: dict[str, float | str] = field(default_factory=dict)
+    onset_nights: int = 0  # nights of ``excess`` when the alarm was raised (0: unknown)
 
     @property
     def started_at(self) -> float:
@@ -307,7 +308,8 @@ def detect_steps(
                 current = None
                 s, run_start, below, low = 0.0, -1, 0, 0
                 continue
-            rise = _further_rise(current.excess, max(delta, 3.0 * frozen.sigma), params)
+            rise = _further_rise(current.excess, max(delta, 3.0 * frozen.sigma), params,
+                                 current.onset_nights)  # fmt: skip
             if rise is not None:
                 first = nights_in[-params.confirm_nights]
                 current.ended_at = float(window_start[first])
@@ -404,6 +406,7 @@ def detect_steps(
                 baseline_m3h=base,
                 sigma_m3h=sigma,
                 excess=excesses,
+                onset_nights=len(excesses),
             )
             if pressure is not None:
                 current.evidence = {
@@ -428,12 +431,30 @@ def _last(pool: BoolArray, count: int) -> BoolArray:
     return pool
 
 
-def _further_rise(excess: list[float], jump: float, params: StepParams) -> float | None:
+def _further_rise(
+    excess: list[float], jump: float, params: StepParams, onset_nights: int = 0
+) -> float | None:
     """The level [m³/h] of an episode's excess before its last ``confirm_nights`` nights if
     those all stand more than ``jump`` above it (a second leak on top of the first), else None.
     The level is the median of the 7 nights before, which must have held (their first and last
-    three within half of ``jump``)."""
+    three within half of ``jump``).
+
+    A young episode (its ``onset_nights`` nights that raised the alarm, then fewer than 7)
+    has no such level yet: its last nights rise on top of it when they all stand above the
+    largest onset night by ``jump`` and by twice that night again — a leak that starts the
+    night after a small alarm raised on noise is a leak of its own, not the noise's (a leak
+    still growing from its onset, an incipient one, does not treble in a few nights). Its
+    level is then 0: the onset did not hold, the new leak is measured from the reference."""
     m = params.confirm_nights
+    if onset_nights > 0 and len(excess) - onset_nights < 7:
+        after = excess[onset_nights:]
+        if len(after) < m:
+            return None
+        onset = max(excess[:onset_nights])
+        top = max(onset + jump, 3.0 * onset)
+        rose = all(e > top for e in after[-m:]) and (len(after) == m or after[-m - 1] <= top)
+        # The onset did not hold as a level: the new leak is measured from the reference.
+        return 0.0 if rose else None
     before = np.asarray(excess[:-m][-7:])
     # A leak still growing (incipient, over days) is one leak: the level must have held (no
     # trend between the first and the last nights of the seven).

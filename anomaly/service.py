@@ -150,7 +150,10 @@ def leak_found(site: str, dma: str, group: list[Episode], until: float) -> alert
     at the best-bounded start, flow from the night detector when it saw the leak (it compares
     like with like: night against night), ended when every episode ended."""
     first = min(group, key=lambda e: e.detected_at)
-    tight = min(group, key=lambda e: e.start_before - e.start_after)
+    # The start is bounded by the episodes that could have begun before the alert opened: a
+    # later one whose bounds lie after it saw water on top of an open alert, not its start.
+    could = [e for e in group if e.start_after < first.detected_at] or [first]
+    tight = min(could, key=lambda e: e.start_before - e.start_after)
     nightly = [e for e in group if e.detector == "night_flow"]
     best = max(nightly or group, key=lambda e: e.detected_at)
     # The night detector decides when a leak is over when it saw it (like against like);

@@ -137,28 +137,43 @@ FROM flows ORDER BY 1, 2
 """
 
 # Metered use per DMA and hour. A meter's use in an hour comes from its index when it is read
-# at least every MAX_INDEX_INTERVAL_H (the difference between the last readings of two
-# successive rollup hours, over the time between them, assigned to the hour of its midpoint),
-# else from its flow readings (the hour's mean); an index that goes backwards tells nothing.
+# at least every MAX_INDEX_INTERVAL_H: the index at the start of each rollup hour with a
+# reading is interpolated linearly between the last reading before it and the first in it (the
+# rollup's last/last_time and first/first_time), and the use between two such boundaries is
+# spread evenly over the hours between them — the use of exactly the UTC hour, not of an
+# interval shifted by up to half the reading interval (which, with meters read hourly at random
+# minutes, moved a share of the hours around the night window into it: an undercount on nights
+# of heavy use). Else the use comes from its flow readings (the hour's mean); an index that
+# goes backwards tells nothing.
 _CUSTOMER_HOURS = """
 WITH m AS (
     SELECT id, dma FROM devices
     WHERE site = %(site)s AND kind = 'water_meter' AND dma IS NOT NULL
 ), idx AS (
-    SELECT m.dma, h.device_id, h.last, h.last_time,
+    SELECT m.dma, h.device_id, h.hour, h.first, h.first_time,
            lag(h.last) OVER w AS prev, lag(h.last_time) OVER w AS prev_time
     FROM m JOIN readings_hourly h ON h.device_id = m.id AND h.metric_id = 2
     WHERE h.hour >= %(since)s - interval '3 hours' AND h.hour < %(until)s
       AND extract(hour FROM h.hour AT TIME ZONE %(tz)s)::int = ANY(%(local_hours)s)
     WINDOW w AS (PARTITION BY h.device_id ORDER BY h.hour)
-), per AS (
-    SELECT dma, device_id,
-           date_bin('1 hour', last_time - (last_time - prev_time) / 2, 'epoch') AS hour,
-           (last - prev) / (extract(epoch FROM last_time - prev_time) / 3600.0) AS rate,
-           0 AS pref
+), bound AS (
+    SELECT dma, device_id, hour,
+           prev + (first - prev) * (extract(epoch FROM hour - prev_time)
+                                    / extract(epoch FROM first_time - prev_time)) AS at_start
     FROM idx
-    WHERE prev IS NOT NULL AND last >= prev AND last_time > prev_time
-      AND last_time - prev_time <= %(max_gap)s * interval '1 hour'
+    WHERE prev IS NOT NULL AND first >= prev
+      AND first_time - prev_time <= %(max_gap)s * interval '1 hour'
+), spans AS (
+    SELECT dma, device_id, lag(hour) OVER w AS h0, hour AS h1,
+           lag(at_start) OVER w AS i0, at_start AS i1
+    FROM bound
+    WINDOW w AS (PARTITION BY device_id ORDER BY hour)
+), per AS (
+    SELECT dma, device_id, g AS hour,
+           (i1 - i0) / (extract(epoch FROM h1 - h0) / 3600.0) AS rate, 0 AS pref
+    FROM spans
+    CROSS JOIN LATERAL generate_series(h0, h1 - interval '1 hour', interval '1 hour') AS g
+    WHERE i0 IS NOT NULL AND i1 >= i0 AND h1 - h0 <= %(max_gap)s * interval '1 hour'
     UNION ALL
     SELECT m.dma, h.device_id, h.hour, h.sum / h.count, 1
     FROM m JOIN readings_hourly h ON h.device_id = m.id AND h.metric_id = 1
