@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, TypeVar
 
 import orjson
-from pydantic import Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints, ValidationError, model_validator
 
 from core.contract import MetricName
 from core.models import StrictModel
@@ -58,11 +58,21 @@ class Reporting(StrictModel):
 
 
 class LightingProgram(StrictModel):
-    """A night's program of a luminaire: on at sunset + ``on_offset_min``, off at sunrise +
-    ``off_offset_min``, and in between the dimming ``steps`` of (local ``"HH:MM"``, level %) — a
-    step holds until the next one, through midnight; before the first step of the night the
-    light is at 100 %. A presence detection raises the level to ``presence_boost`` % for
-    ``presence_hold_s``."""
+    """A night's program of a luminaire: on at sunset + ``on_offset_min``, off at the next
+    sunrise + ``off_offset_min`` (astronomical clock at the site's coordinates, sun's upper limb
+    with standard refraction), and in between the dimming ``steps`` of (local ``"HH:MM"``,
+    level %) — a step holds until the next one, through midnight; before the first step of the
+    night the light is at 100 %. A local time at or after 12:00 belongs to the evening, before
+    12:00 to the next morning.
+
+    With a photocell, ``on_lux`` / ``off_lux`` [lx] switch on when the ambient light falls
+    below the threshold (off when it rises above it), searched within ±``lux_window_min``
+    [min] of the astronomical instant; ``None`` means the astronomical clock only.
+    ``part_night`` (local ``"HH:MM"`` start, end; same noon rule) is a part-night switch-off:
+    between them the level is ``part_night_level`` % (0 = off; an exception such as a crossing
+    keeps a floor above 0), overriding the steps; at its end the step in force returns.
+    A presence detection raises the level to ``presence_boost`` % for ``presence_hold_s``
+    (device-side, not part of the schedule). :mod:`core.lighting` holds the semantics."""
 
     on_offset_min: int = Field(0, ge=-720, le=720, description="after sunset [min]")
     off_offset_min: int = Field(0, ge=-720, le=720, description="after sunrise [min]")
@@ -72,6 +82,50 @@ class LightingProgram(StrictModel):
     )
     presence_boost: Level = 100.0
     presence_hold_s: int = Field(120, ge=0, description="hold time after a detection [s]")
+    on_lux: float | None = Field(
+        None,
+        ge=0,
+        description="photocell: on when ambient light falls below this [lx], searched within "
+        "±lux_window_min of sunset + on_offset_min; null = astronomical clock only",
+    )
+    off_lux: float | None = Field(
+        None,
+        ge=0,
+        description="photocell: off when ambient light rises above this [lx], searched within "
+        "±lux_window_min of sunrise + off_offset_min; null = astronomical clock only",
+    )
+    lux_window_min: int = Field(
+        30,
+        ge=0,
+        le=240,
+        description="photocell search window around the astronomical instant [min]",
+    )
+    part_night: tuple[LocalTime, LocalTime] | None = Field(
+        None,
+        description='part-night switch-off: ["HH:MM" start, "HH:MM" end] local time, at or '
+        "after 12:00 = evening, before = next morning; null = none",
+    )
+    part_night_level: Level = Field(
+        0.0, description="level during part-night [%] (0 = off; > 0 for an exception)"
+    )
+
+    @model_validator(mode="after")
+    def _part_night_is_an_interval(self) -> LightingProgram:
+        if self.part_night is not None:
+            start, end = (_minutes_after_noon(when) for when in self.part_night)
+            if start == end:
+                raise ValueError(f"part_night {self.part_night}: start equals end")
+            if start > end:
+                raise ValueError(
+                    f"part_night {self.part_night}: the end comes before the start in the night "
+                    "(times at or after 12:00 are the evening, before 12:00 the next morning)"
+                )
+        return self
+
+
+def _minutes_after_noon(when: str) -> int:
+    """Minutes from 12:00 of a local ``HH:MM`` in its night (12:00 → 0, 11:59 → 1439)."""
+    return (int(when[:2]) * 60 + int(when[3:]) - 720) % 1440
 
 
 class DeviceConfig(StrictModel):

@@ -12,10 +12,10 @@ from datetime import date, datetime
 from typing import Any
 
 import numpy as np
-from astral import Observer
-from astral.sun import sun
 
+from core import lighting
 from core.arrays import FloatArray
+from core.lighting import NightSchedule
 from core.messages import LightingProgram
 from simulators import physics
 from simulators.scenario import Scenario
@@ -31,7 +31,6 @@ class SiteModel:
         self.town = town
         spec = town.spec
         self.tz = zoneinfo.ZoneInfo(spec.timezone)
-        self.observer = Observer(spec.lat, spec.lon)
         self.t0 = t0
         self.rng = rng
         light = spec.lighting
@@ -141,35 +140,33 @@ class SiteModel:
         self.it_energy_true = 0.0
         self.facility_energy_true = 0.0
         self.day_offset_c = 0.0
-        self._sun_cache: dict[date, tuple[float, float]] = {}
+        self._sun = lighting.SunCache()
+        self._night: date | None = None
+        self._schedules: dict[LightingProgram, NightSchedule] = {}
 
     # --- lighting -------------------------------------------------------------------------------
-    def _sun(self, day: date) -> tuple[float, float]:
-        """(sunrise, sunset) of a local day, s since the epoch."""
-        found = self._sun_cache.get(day)
-        if found is None:
-            s = sun(self.observer, day, tzinfo=self.tz)
-            found = (s["sunrise"].timestamp(), s["sunset"].timestamp())
-            self._sun_cache[day] = found
+    def _night_schedules(self, t: float) -> list[NightSchedule]:
+        """The schedule of each program over the night that covers ``t``: the sun once per
+        night, each distinct program's schedule once per night (:mod:`core.lighting`)."""
+        day = lighting.night_of(t, self.tz)
+        if day != self._night:
+            self._night = day
+            self._schedules.clear()
+        sun = self._sun.get(self.town.spec.lat, self.town.spec.lon, day, self.tz)
+        found = []
+        for program in self.programs:
+            schedule = self._schedules.get(program)
+            if schedule is None:
+                schedule = lighting.night_schedule(program, day, self.tz, sun)
+                self._schedules[program] = schedule
+            found.append(schedule)
         return found
 
     def program_level(self, program: LightingProgram, t: float) -> float:
-        """Commanded level (0-1) of a program at ``t``: 0 by day, else the active step."""
-        local = datetime.fromtimestamp(t, self.tz)
-        sunrise, sunset = self._sun(local.date())
-        on = sunset + program.on_offset_min * 60
-        off = sunrise + program.off_offset_min * 60
-        if off <= t < on:
-            return 0.0
-        night_h = (local.hour + local.minute / 60.0 - 12.0) % 24.0
-        level = 100.0
-        for when, step_level in sorted(
-            program.steps, key=lambda s: (int(s[0][:2]) + int(s[0][3:]) / 60 - 12) % 24
-        ):
-            step_h = (int(when[:2]) + int(when[3:]) / 60.0 - 12.0) % 24.0
-            if step_h <= night_h:
-                level = step_level
-        return level / 100.0
+        """Commanded level (0-1) of a program at ``t`` [s since the epoch], before presence
+        boost and overrides: :func:`core.lighting.program_level` at the site."""
+        spec = self.town.spec
+        return lighting.program_level(program, t, self.tz, spec.lat, spec.lon, self._sun) / 100.0
 
     def step(self, t: float, dt: float) -> None:
         """Advance every device of the site from ``t - dt`` to ``t`` [s]."""
@@ -180,8 +177,7 @@ class SiteModel:
     def _step_lighting(self, t: float, dt: float) -> None:
         if not len(self.lum_nominal):
             return
-        levels = np.array([self.program_level(p, t) for p in self.programs])
-        level = levels[self.program_of]
+        level = lighting.levels_at(self._night_schedules(t), self.program_of, t) / 100.0
         lit = level > 0
         light = self.town.spec.lighting
         if self.lum_presence.any():
