@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import load_config
@@ -53,23 +54,21 @@ def private_ingest_config(
 
 
 def config_toml(config: Config) -> str:
-    """``config`` as a TOML file that ``--config`` reads back to the same values."""
-    lines = []
-    for section, values in config.dump().items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                lines.append(f"{key} = {str(value).lower()}")
-            elif isinstance(value, str):
-                escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-                lines.append(f'{key} = "{escaped}"')
-            elif isinstance(value, list):
-                lines.append(f"{key} = {value!r}".replace("'", '"'))
-            else:
-                lines.append(f"{key} = {value}")
-    return "\n".join(lines) + "\n"
+    """``config`` as a TOML file that ``--config`` reads back to the same values (keys left at
+    None are left out: they take their default)."""
+    return tomli_w.dumps({section: _plain(values) for section, values in config.dump().items()})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with what TOML cannot hold turned into what it can: paths into strings, tuples
+    into lists, None-valued keys dropped."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def read_metrics(port: int) -> dict[str, float] | None:
