@@ -1,6 +1,7 @@
 """The ``sobriety`` command line: its arguments, and the dispatch to the commands
-(``app/data_commands.py``, ``app/water_commands.py``, ``app/services.py``,
-``app/simulation.py``). Exit codes: 0 done, 1 failed, 2 bad usage or configuration."""
+(``app/data_commands.py``, ``app/water_commands.py``, ``app/policies_commands.py``,
+``app/services.py``, ``app/simulation.py``). Exit codes: 0 done, 1 failed, 2 bad usage or
+configuration."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from app import data_commands, services, simulation, water_commands
+from app import data_commands, policies_commands, services, simulation, water_commands
 from app.cli_parser import build_parser, parse_time
 from app.config import load_config
 from core.config import Config
@@ -66,6 +67,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "run": services.cmd_ingest,
     "anomaly": water_commands.cmd_anomaly,
     "alerts": water_commands.cmd_alerts,
+    "policies": policies_commands.cmd_policies,
     "simulate": simulation.cmd_simulate,
     "demo": simulation.cmd_demo,
 }

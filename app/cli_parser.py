@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from anomaly.alerts import ALERT_KINDS
+from app.policies_commands import add_policies_parser
 from core import __version__
 from core.errors import RejectReason
 
@@ -154,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     inv_sub = inv.add_subparsers(dest="inventory_command", required=True, metavar="ACTION")
     inv_import = inv_sub.add_parser(
         "import",
-        help="import a devices or DMAs file (CSV or GeoJSON; idempotent)",
-        description="Register devices (a 'device' column: site, device, kind, ...) or DMAs "
-        "('dma' without 'device': site, dma, ...). The whole file is checked first; errors "
-        "name the file, line and column. Importing the same file twice changes nothing.",
+        help="import a sites, devices or DMAs file (CSV or GeoJSON; idempotent)",
+        description="Register devices (a 'device' column: site, device, kind, ...), DMAs "
+        "('dma' without 'device': site, dma, ...) or sites ('site' without 'device' or 'dma': "
+        "site, name, timezone, lat, lon). The whole file is checked first; errors name the "
+        "file, line and column. Importing the same file twice changes nothing.",
     )
     inv_import.add_argument("file", type=Path, help="a .csv, .geojson or .json file")
 
@@ -296,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the scratch database (several runs: one each, the name suffixed _1, _2, ...)",
     )
+
+    add_policies_parser(sub)
 
     alerts = sub.add_parser("alerts", help="list, acknowledge and resolve alerts")
     al_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

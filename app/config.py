@@ -11,8 +11,9 @@ from anomaly.config import AnomalyConfig
 from core.config import CORE_SECTIONS, Config, Section
 from core.config import load_config as load_sections
 from ingest.config import IngestConfig
+from policies.config import PoliciesConfig
 
-SECTIONS: tuple[type[Section], ...] = (*CORE_SECTIONS, IngestConfig, AnomalyConfig)
+SECTIONS: tuple[type[Section], ...] = (*CORE_SECTIONS, IngestConfig, AnomalyConfig, PoliciesConfig)
 """Every section the ``sobriety`` command reads."""
 
 

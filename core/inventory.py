@@ -1,8 +1,12 @@
-"""``sobriety inventory import FILE``: register devices or DMAs from CSV or GeoJSON.
+"""``sobriety inventory import FILE``: register sites, devices or DMAs from CSV or GeoJSON.
 
 The columns tell which file it is: a ``device`` column makes a devices file; ``dma`` without
-``device`` makes a DMAs file. GeoJSON features carry the same properties, and a Point geometry
-gives ``lon``/``lat``. Sites are created as they appear. Importing the same file twice changes
+``device`` makes a DMAs file; ``site`` without ``device`` or ``dma`` makes a sites file
+(``site, name, timezone, lat, lon``: the time zone an IANA name, the coordinates those of the
+astronomical clock; the sites table has no properties, so any other column is an error).
+GeoJSON features carry the same properties, and a Point geometry gives ``lon``/``lat``. Sites
+are created as they appear in a devices or DMAs file; a sites file updates only the columns it
+has (an empty ``timezone`` cell is the default, Europe/Paris). Importing the same file twice changes
 nothing (rows are compared, not rewritten). Every error names the file, the line (the feature
 number for GeoJSON) and the column; nothing is written unless the whole file is valid.
 :func:`write_inventory_csv` writes the files this import reads (the simulators use it).
@@ -17,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -59,6 +64,18 @@ def _count(value: str) -> int:
     return number
 
 
+def _timezone(value: str) -> str:
+    expected = "an IANA time zone such as Europe/Paris"
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(expected) from None
+    return value
+
+
+DEFAULT_TIMEZONE = "Europe/Paris"
+"""The time zone of a site that names none (the default of ``sites.timezone``)."""
+
 _DEVICE_COLUMNS: dict[str, tuple[_Parser, str]] = {
     "dma": (_text, "dma"),
     "role": (_text, "role"),
@@ -76,6 +93,13 @@ _DMA_COLUMNS: dict[str, tuple[_Parser, str]] = {
     "avg_pressure_m": (_number(0, 1e4), "avg_pressure_m"),
 }
 
+_SITE_COLUMNS: dict[str, tuple[_Parser, str]] = {
+    "name": (_text, "name"),
+    "timezone": (_timezone, "timezone"),
+    "lat": (_number(-90, 90), "lat"),
+    "lon": (_number(-180, 180), "lon"),
+}
+
 
 DEVICE_FILE_COLUMNS = (
     "site", "device", "kind", "dma", "role", "lat", "lon", "group", "lighting_class",
@@ -86,6 +110,8 @@ DMA_FILE_COLUMNS = (
     "site", "dma", "name", "mains_km", "connections", "private_km", "avg_pressure_m",
 )  # fmt: skip
 """Columns of a DMAs file."""
+SITE_FILE_COLUMNS = ("site", "name", "timezone", "lat", "lon")
+"""Columns of a sites file."""
 
 
 def write_inventory_csv(
@@ -220,10 +246,14 @@ def import_inventory(conn: psycopg.Connection, path: Path) -> ImportResult:
         table, required, columns = "devices", ("site", "device", "kind"), _DEVICE_COLUMNS
     elif "dma" in header:
         table, required, columns = "dmas", ("site", "dma"), _DMA_COLUMNS
+    elif "site" in header:
+        _check_site_columns(path, header)
+        return _import_sites(conn, rows, header)
     else:
         raise InventoryError(
             f"{path}: cannot tell the file: expected a 'device' column (devices: site, device, "
-            "kind, ...) or a 'dma' column without 'device' (DMAs: site, dma, ...)"
+            "kind, ...), a 'dma' column without 'device' (DMAs: site, dma, ...) or a 'site' "
+            "column without 'device' or 'dma' (sites: site, name, timezone, lat, lon)"
         )
     records: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -265,6 +295,57 @@ def import_inventory(conn: psycopg.Connection, path: Path) -> ImportResult:
     return result
 
 
+def _check_site_columns(path: Path, header: set[str]) -> None:
+    unknown = sorted(header - set(SITE_FILE_COLUMNS))
+    if unknown:
+        raise InventoryError(
+            f"{path}, column {unknown[0]}: not a column of a sites file (expected "
+            f"{', '.join(SITE_FILE_COLUMNS)}; sites have no other properties)"
+            + (f"; also {', '.join(unknown[1:])}" if len(unknown) > 1 else "")
+        )
+
+
+def _import_sites(
+    conn: psycopg.Connection, rows: list[tuple[str, dict[str, str]]], header: set[str]
+) -> ImportResult:
+    """A sites file: upsert the columns it has (the others of an existing site stay)."""
+    present = [c for c in SITE_FILE_COLUMNS[1:] if c in header]
+    records: list[dict[str, Any]] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for where, row in rows:
+        try:
+            rec = _parse_row(where, row, ("site",), _SITE_COLUMNS)
+            if rec["site"] in seen:
+                raise InventoryError(
+                    f"{where}: site {rec['site']} already defined at {seen[rec['site']]}"
+                )
+            seen[rec["site"]] = where
+            if rec["timezone"] is None:
+                rec["timezone"] = DEFAULT_TIMEZONE
+            records.append({"site": rec["site"], **{c: rec[c] for c in present}})
+        except InventoryError as exc:
+            errors.append(str(exc))
+            if len(errors) >= _MAX_ERRORS:
+                break
+    if errors:
+        raise InventoryError("\n".join(errors))
+    result = ImportResult("sites")
+    with conn.transaction():
+        if present:
+            _upsert(conn, "sites", ("site",), records, result, stamp=None)
+        else:
+            for rec in records:
+                cur = conn.execute(
+                    "INSERT INTO sites (site) VALUES (%s) ON CONFLICT DO NOTHING", (rec["site"],)
+                )
+                result.inserted += cur.rowcount
+            result.unchanged = len(records) - result.inserted
+        conn.execute("NOTIFY sobriety_inventory")
+        conn.execute("ANALYZE sites")
+    return result
+
+
 def _check_dmas_exist(
     conn: psycopg.Connection,
     path: Path,
@@ -283,9 +364,10 @@ def _check_dmas_exist(
 def _upsert(
     conn: psycopg.Connection,
     table: str,
-    key: tuple[str, str],
+    key: tuple[str, ...],
     records: list[dict[str, Any]],
     result: ImportResult,
+    stamp: str | None = "updated_at",
 ) -> None:
     cols = list(records[0].keys())
     values = [[Jsonb(r[c]) if c == "properties" else r[c] for c in cols] for r in records]
@@ -297,8 +379,8 @@ def _upsert(
         f"INSERT INTO {table} ({col_list}) VALUES ({placeholders}) "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
         + ", ".join(f"{c} = EXCLUDED.{c}" for c in others)
-        + ", updated_at = now() "
-        f"WHERE {changed} RETURNING (xmax = 0) AS inserted"
+        + (f", {stamp} = now() " if stamp else " ")
+        + f"WHERE {changed} RETURNING (xmax = 0) AS inserted"
     )
     with conn.cursor() as cur:
         cur.executemany(query, values, returning=True)

@@ -115,7 +115,7 @@ def test_geojson_points_give_coordinates(
             "site,device,kind,dma\n{site},fm,water_meter,sud\n",
             r"line 2, column dma: DMA 'sud' .* import the DMA file first",
         ),
-        ("site,name\n{site},x\n", r"cannot tell the file"),
+        ("name,kind\nx,luminaire\n", r"cannot tell the file: .* a 'site' column without"),
         (
             "site,dma,connections\n{site},n,-4\n",
             r"line 2, column connections: '-4' is not a whole number",
@@ -130,3 +130,99 @@ def test_errors_name_file_line_and_column(
         import_inventory(conn, path)
     assert str(path) in str(info.value)
     assert conn.execute("SELECT count(*) FROM devices WHERE site = %s", (site,)).fetchone() == (0,)
+
+
+def test_sites_file_creates_then_updates_sites(
+    conn: psycopg.Connection, site: str, tmp_path: Path
+) -> None:
+    other = f"{site}b"
+    path = write(
+        tmp_path / "sites.csv",
+        "site,name,timezone,lat,lon\n"
+        f"{site},Lyon,Europe/Paris,45.764,4.8357\n"
+        f"{other},Pointe-à-Pitre,America/Guadeloupe,16.241,-61.533\n",
+    )
+    first = import_inventory(conn, path)
+    assert (first.table, first.inserted, first.updated, first.unchanged) == ("sites", 2, 0, 0)
+    again = import_inventory(conn, path)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
+    rows = conn.execute(
+        "SELECT site, name, timezone, lat, lon FROM api.sites WHERE site IN (%s, %s) ORDER BY 1",
+        (site, other),
+    ).fetchall()
+    assert rows == [
+        (site, "Lyon", "Europe/Paris", 45.764, 4.8357),
+        (other, "Pointe-à-Pitre", "America/Guadeloupe", 16.241, -61.533),
+    ]
+    # A later file with only some columns updates those and leaves the others.
+    write(path, f"site,timezone\n{site},Europe/Brussels\n")
+    changed = import_inventory(conn, path)
+    assert (changed.inserted, changed.updated) == (0, 1)
+    assert conn.execute(
+        "SELECT name, timezone, lat FROM sites WHERE site = %s", (site,)
+    ).fetchone() == ("Lyon", "Europe/Brussels", 45.764)
+
+
+def test_a_site_created_by_a_devices_file_gets_its_coordinates(
+    conn: psycopg.Connection, site: str, tmp_path: Path
+) -> None:
+    devices = write(tmp_path / "d.csv", f"site,device,kind\n{site},lum-1,luminaire\n")
+    assert import_inventory(conn, devices).sites_created == [site]
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [4.83, 45.76]},
+                "properties": {"site": site, "name": "Lyon", "timezone": "Europe/Paris"},
+            }
+        ],
+    }
+    sites = write(tmp_path / "sites.geojson", json.dumps(doc))
+    assert import_inventory(conn, sites).updated == 1
+    assert conn.execute("SELECT lat, lon, name FROM sites WHERE site = %s", (site,)).fetchone() == (
+        45.76,
+        4.83,
+        "Lyon",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "site,timezone\n{site},Mars/Olympus\n",
+            r"line 2, column timezone: 'Mars/Olympus' is not an IANA time zone such as "
+            r"Europe/Paris",
+        ),
+        (
+            "site,timezone\n{site},Europe/Paris\n{site}b,CET+1\n",
+            r"line 3, column timezone: 'CET\+1' is not an IANA time zone",
+        ),
+        (
+            "site,lat,lon\n{site},91,4.8\n",
+            r"line 2, column lat: '91' is not a number from -90 to 90",
+        ),
+        (
+            "site,lat,lon\n{site},45.7,east\n",
+            r"line 2, column lon: 'east' is not a number from -180 to 180",
+        ),
+        ("site,name\n{site} x,Lyon\n", r"line 2, column site: '.* x' is not an id"),
+        (
+            "site,name,mayor\n{site},Lyon,Ada\n",
+            r"column mayor: not a column of a sites file \(expected site, name, timezone, lat, "
+            r"lon",
+        ),
+        ("site,name\n{site},a\n{site},b\n", r"line 3: site .* already defined at .*line 2"),
+    ],
+)
+def test_sites_file_errors_name_file_line_column_and_value(
+    conn: psycopg.Connection, site: str, tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path / "sites.csv", text.format(site=site))
+    with pytest.raises(InventoryError, match=expected) as info:
+        import_inventory(conn, path)
+    assert str(path) in str(info.value)
+    assert conn.execute(
+        "SELECT count(*) FROM sites WHERE site LIKE %s", (f"{site}%",)
+    ).fetchone() == (0,)
