@@ -255,25 +255,14 @@ def import_inventory(conn: psycopg.Connection, path: Path) -> ImportResult:
             "kind, ...), a 'dma' column without 'device' (DMAs: site, dma, ...) or a 'site' "
             "column without 'device' or 'dma' (sites: site, name, timezone, lat, lon)"
         )
-    records: list[dict[str, Any]] = []
-    errors: list[str] = []
-    seen: dict[tuple[str, str], str] = {}
-    for where, row in rows:
-        try:
-            rec = _parse_row(where, row, required, columns)
-            if table == "devices":
-                _check_device(where, rec)
-            key = (rec["site"], rec[required[1]])
-            if key in seen:
-                raise InventoryError(f"{where}: {key[0]}/{key[1]} already defined at {seen[key]}")
-            seen[key] = where
-            records.append(rec)
-        except InventoryError as exc:
-            errors.append(str(exc))
-            if len(errors) >= _MAX_ERRORS:
-                break
-    if errors:
-        raise InventoryError("\n".join(errors))
+
+    def parse(where: str, row: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        rec = _parse_row(where, row, required, columns)
+        if table == "devices":
+            _check_device(where, rec)
+        return f"{rec['site']}/{rec[required[1]]}", rec
+
+    records = _validated(rows, parse)
     result = ImportResult(table)
     with conn.transaction():
         sites = sorted({rec["site"] for rec in records})
@@ -295,6 +284,31 @@ def import_inventory(conn: psycopg.Connection, path: Path) -> ImportResult:
     return result
 
 
+def _validated(
+    rows: list[tuple[str, dict[str, str]]],
+    parse: Callable[[str, dict[str, str]], tuple[str, dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Every row parsed by ``parse`` (location, row → the record's name, record), checked for
+    names defined twice; the errors of the whole file (up to ``_MAX_ERRORS``) at once."""
+    records: list[dict[str, Any]] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for where, row in rows:
+        try:
+            name, rec = parse(where, row)
+            if name in seen:
+                raise InventoryError(f"{where}: {name} already defined at {seen[name]}")
+            seen[name] = where
+            records.append(rec)
+        except InventoryError as exc:
+            errors.append(str(exc))
+            if len(errors) >= _MAX_ERRORS:
+                break
+    if errors:
+        raise InventoryError("\n".join(errors))
+    return records
+
+
 def _check_site_columns(path: Path, header: set[str]) -> None:
     unknown = sorted(header - set(SITE_FILE_COLUMNS))
     if unknown:
@@ -310,26 +324,14 @@ def _import_sites(
 ) -> ImportResult:
     """A sites file: upsert the columns it has (the others of an existing site stay)."""
     present = [c for c in SITE_FILE_COLUMNS[1:] if c in header]
-    records: list[dict[str, Any]] = []
-    errors: list[str] = []
-    seen: dict[str, str] = {}
-    for where, row in rows:
-        try:
-            rec = _parse_row(where, row, ("site",), _SITE_COLUMNS)
-            if rec["site"] in seen:
-                raise InventoryError(
-                    f"{where}: site {rec['site']} already defined at {seen[rec['site']]}"
-                )
-            seen[rec["site"]] = where
-            if rec["timezone"] is None:
-                rec["timezone"] = DEFAULT_TIMEZONE
-            records.append({"site": rec["site"], **{c: rec[c] for c in present}})
-        except InventoryError as exc:
-            errors.append(str(exc))
-            if len(errors) >= _MAX_ERRORS:
-                break
-    if errors:
-        raise InventoryError("\n".join(errors))
+
+    def parse(where: str, row: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        rec = _parse_row(where, row, ("site",), _SITE_COLUMNS)
+        if rec["timezone"] is None:
+            rec["timezone"] = DEFAULT_TIMEZONE
+        return f"site {rec['site']}", {"site": rec["site"], **{c: rec[c] for c in present}}
+
+    records = _validated(rows, parse)
     result = ImportResult("sites")
     with conn.transaction():
         if present:
