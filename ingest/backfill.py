@@ -5,14 +5,16 @@ Each message is validated as if it had been received at its ``received_at`` — 
 window included, as a live message received then — and the outcomes are written in batches by
 :class:`~ingest.store.Store` (deduplicated, rejections stored with their reason). This is the
 path ``sobriety import readings`` uses for CSV files; here the input keeps the shape of MQTT
-messages, so payload faults are rejected exactly as on the broker path.
+messages, so payload faults are rejected exactly as on the broker path, and they are counted
+per device and day (``device_reporting_daily``) as the messages of the broker are: a gateway's
+buffer holds messages its devices sent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ingest.pipeline import Outcome, Pipeline
+from ingest.pipeline import Outcome, Pipeline, Uplinks
 from ingest.store import Store
 
 
@@ -36,12 +38,15 @@ class Backfill:
         self.batch_rows = batch_rows
         self.report = BackfillReport()
         self._out = Outcome()
+        self._uplinks = Uplinks()
 
     def add(self, topic: str, payload: bytes, received_at: float) -> None:
         """One message, as received at ``received_at`` [s since the epoch]."""
         outcome = self.pipeline.process(topic, payload, received_at)
         self.report.messages += 1
         self._out.rows.extend(outcome.rows)
+        if outcome.rows:
+            self._uplinks.add(outcome.rows)
         self._out.rejections.extend(outcome.rejections)
         for rejection in outcome.rejections:
             reason = rejection.reason.value
@@ -52,8 +57,9 @@ class Backfill:
     def flush(self) -> None:
         """Write what is pending, in one transaction."""
         out, self._out = self._out, Outcome()
+        uplinks, self._uplinks = self._uplinks, Uplinks()
         if not out.rows and not out.rejections:
             return
-        result = self.store.write(out.rows, out.rejections)
+        result = self.store.write(out.rows, out.rejections, uplinks=uplinks)
         self.report.stored += result.stored
         self.report.duplicates += result.duplicates

@@ -8,14 +8,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ingest.pipeline import Outcome, Rejection, Row
+from ingest.pipeline import Outcome, Rejection, Row, Uplinks
 
 
 @dataclass(slots=True)
 class Batch:
-    """Messages gathered for one write. ``acks`` are (connection generation, mid, qos)."""
+    """Messages gathered for one write. ``acks`` are (connection generation, mid, qos);
+    ``uplinks`` the messages that gave rows, counted when the batch is stored."""
 
     rows: list[Row] = field(default_factory=list)
+    uplinks: Uplinks = field(default_factory=Uplinks)
     rejections: list[Rejection] = field(default_factory=list)
     acks: list[tuple[int, int, int]] = field(default_factory=list)
     newest: list[float] = field(default_factory=list)
@@ -57,7 +59,9 @@ class Batcher:
             if not batch.messages:
                 batch.started = batch.last
             batch.messages += 1
-            batch.rows.extend(outcome.rows)
+            if outcome.rows:
+                batch.rows.extend(outcome.rows)
+                batch.uplinks.add(outcome.rows)
             batch.rejections.extend(outcome.rejections)
             if ack is not None:
                 batch.acks.append(ack)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from core.contract import METRICS, accepted_units, parse_topic, unit_conversion
@@ -20,6 +20,25 @@ from core.payloads import RawRecord, RecordProblem, decode
 
 Row = tuple[int, int, int, float]
 """A reading ready to store: (time [µs since epoch], device id, metric id, canonical value)."""
+
+
+@dataclass(slots=True)
+class Uplinks:
+    """The messages that gave rows (stored or duplicates), in two parallel lists: the device id
+    and the earliest reading time [µs since the epoch] of each — what the store counts per device
+    and local day (``device_reporting_daily``)."""
+
+    device_ids: list[int] = field(default_factory=list)
+    t_us: list[int] = field(default_factory=list)
+
+    def add(self, rows: Sequence[Row]) -> None:
+        """Count one message of ``rows`` (non-empty, all of one device)."""
+        self.device_ids.append(rows[0][1])
+        self.t_us.append(min(rows)[0])
+
+    def __len__(self) -> int:
+        return len(self.device_ids)
+
 
 DeviceLookup = Callable[[str, str], int | None]
 """(site, device) -> device id, or None when the device is not in the inventory."""

@@ -223,7 +223,7 @@ class IngestService:
             if self._db_may_try():
                 started = time.perf_counter()
                 try:
-                    result = self.store.write(rows, batch.rejections)
+                    result = self.store.write(rows, batch.rejections, uplinks=batch.uplinks)
                 except psycopg.OperationalError as exc:
                     self._db_failed(exc)
                 except psycopg.Error as exc:
@@ -235,7 +235,7 @@ class IngestService:
                     self._db_ok()
                     return True
             try:
-                self.spool.append(encode_frame(rows, batch.rejections))
+                self.spool.append(encode_frame(rows, batch.rejections, batch.uplinks))
                 self.metrics.spooled.inc()
                 self.metrics.spool_bytes.set(self.spool.size_bytes)
                 return True
@@ -269,7 +269,12 @@ class IngestService:
             try:
                 for body in frames:
                     frame = decode_frame(body)
-                    self.store.write(frame.rows, frame.rejections)
+                    self.store.write(
+                        frame.rows,
+                        frame.rejections,
+                        uplinks=frame.uplinks,
+                        frame_id=frame.frame_id,
+                    )
             except psycopg.OperationalError as exc:
                 self._db_failed(exc)
                 return

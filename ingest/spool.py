@@ -4,6 +4,17 @@ Segments are files ``NNNNNNNNNNNN.spool`` in one directory, each a sequence of f
 
     magic b"SPL1" | body length (u32 LE) | CRC-32 of body (u32 LE) | body
 
+and a body (:func:`encode_frame`) is::
+
+    b"\xffSPLv2\x00\x00" | frame id (16 random bytes) | row count n (u64 LE) | n rows (<qihd) |
+    message count k (u64 LE) | k device ids (i32 LE) | k earliest reading times [µs] (i64 LE) |
+    rejections (JSON)
+
+Bodies written before the message counts (``n | rows | rejections``, no tag: a row count never
+has its top byte set) still decode, with ``uplinks`` None: their messages are not counted. The
+frame id lets the store count a frame's messages once when a segment is replayed again (a drain
+interrupted by the database going away again replays the segment from its first frame).
+
 :meth:`Spool.append` returns only once the frame is written and ``fsync``-ed: only then may the
 ingest acknowledge the MQTT messages of the batch. A torn frame at the end of a segment (a crash
 during the write) fails its CRC and is skipped: it was never acknowledged, so the broker delivers
@@ -24,7 +35,7 @@ from pathlib import Path
 import orjson
 
 from core.errors import RejectReason, SobrietyError
-from ingest.pipeline import Rejection, Row
+from ingest.pipeline import Rejection, Row, Uplinks
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +49,26 @@ class SpoolFullError(SobrietyError):
 
 
 _ROW = struct.Struct("<qihd")
+_TAG_V2 = b"\xffSPLv2\x00\x00"
+"""First 8 bytes of a body with message counts; as a u64 LE row count it would be > 2^63."""
 
 
 @dataclass(frozen=True, slots=True)
 class SpooledBatch:
-    """What a frame holds: the rows and the rejections of one batch."""
+    """What a frame holds: the rows, the rejections and the messages that gave rows of one
+    batch (None for a frame of the format before message counts)."""
 
     rows: list[Row]
     rejections: list[Rejection]
+    uplinks: Uplinks | None = None
+    frame_id: bytes | None = None
 
 
-def encode_frame(rows: Sequence[Row], rejections: Sequence[Rejection]) -> bytes:
-    """The body of a frame: row count, packed rows, rejections as JSON."""
+def encode_frame(
+    rows: Sequence[Row], rejections: Sequence[Rejection], uplinks: Uplinks | None = None
+) -> bytes:
+    """The body of a frame: tag, row count, packed rows, message count, their device ids and
+    times, rejections as JSON."""
     rej = orjson.dumps(
         [
             [
@@ -66,19 +85,41 @@ def encode_frame(rows: Sequence[Row], rejections: Sequence[Rejection]) -> bytes:
         ]
     )
     pack = _ROW.pack
-    return struct.pack("<Q", len(rows)) + b"".join(pack(*row) for row in rows) + rej
+    ids, times = (uplinks.device_ids, uplinks.t_us) if uplinks is not None else ([], [])
+    k = len(ids)
+    return b"".join(
+        (
+            _TAG_V2,
+            os.urandom(16),
+            struct.pack("<Q", len(rows)),
+            b"".join(pack(*row) for row in rows),
+            struct.pack(f"<Q{k}i{k}q", k, *ids, *times),
+            rej,
+        )
+    )
 
 
 def decode_frame(body: bytes) -> SpooledBatch:
-    """Inverse of :func:`encode_frame`."""
-    (n_rows,) = struct.unpack_from("<Q", body)
-    start = 8 + n_rows * _ROW.size
-    rows: list[Row] = list(_ROW.iter_unpack(body[8:start]))
+    """Inverse of :func:`encode_frame`; also reads the bodies of the format before message
+    counts (``uplinks`` None)."""
+    tagged = body[:8] == _TAG_V2
+    frame_id = body[8:24] if tagged else None
+    offset = 24 if tagged else 0
+    (n_rows,) = struct.unpack_from("<Q", body, offset)
+    start = offset + 8 + n_rows * _ROW.size
+    rows: list[Row] = list(_ROW.iter_unpack(body[offset + 8 : start]))
+    uplinks = None
+    if tagged:
+        (k,) = struct.unpack_from("<Q", body, start)
+        ids = struct.unpack_from(f"<{k}i", body, start + 8)
+        times = struct.unpack_from(f"<{k}q", body, start + 8 + 4 * k)
+        uplinks = Uplinks(list(ids), list(times))
+        start += 8 + 12 * k
     rejections = [
         Rejection(t, topic, site, device, RejectReason(reason), detail, bytes.fromhex(p), n)
         for t, topic, site, device, reason, detail, p, n in orjson.loads(body[start:])
     ]
-    return SpooledBatch(rows, rejections)
+    return SpooledBatch(rows, rejections, uplinks, frame_id)
 
 
 class Spool:
