@@ -168,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
          "The MQTT ingest: {root}/+/+/up → validation → PostgreSQL, acknowledging only what "
          "is durable. Runs until SIGTERM or Ctrl-C (which flush and stop cleanly)."),
         ("run", "run every service in one process until stopped",
-         "All services in one process: the ingest, and leak detection every anomaly.interval_s "
-         "in a thread; metrics on one endpoint. Runs until SIGTERM or Ctrl-C."),
+         "All services in one process: the ingest, the policies service (configs every "
+         "policies.service.interval_s) and leak detection every anomaly.interval_s, "
+         "each in a thread; metrics on one endpoint. Runs until SIGTERM or Ctrl-C."),
     ):  # fmt: skip
         _service_options(sub.add_parser(name, help=text, description=about))
 

@@ -41,6 +41,7 @@ from psycopg import sql
 from anomaly.config import AnomalyConfig
 from anomaly.service import Scanner
 from app.cli_parser import DEMO_MAX_DAYS
+from app.demo_policies import PolicyRun
 from app.demo_report import DemoReport, gather, render, stored_readings
 from app.embedded import ServiceError, Services, resolve_services
 from app.progress import progress_bar
@@ -53,7 +54,14 @@ from ingest.config import IngestConfig
 from ingest.pipeline import Limits, Pipeline
 from ingest.service import IngestService
 from ingest.store import Store
-from simulators import Fleet, build_town, load_scenario, packaged_scenario, write_inventory
+from simulators import (
+    Fleet,
+    build_town,
+    load_scenario,
+    packaged_scenario,
+    write_inventory,
+    write_sites,
+)
 from simulators.fleet import resolve_start
 from simulators.town_history import HistoryWritten, TownHistory
 
@@ -118,16 +126,25 @@ def run_demo(
             f"database: {redact(services.db_url)} ({services.db_origin}: {database_note})\n"
         )
         out.flush()
+        sites_csv = write_sites(town, scratch / "inventory")
         dmas_csv, devices_csv = write_inventory(town, scratch / "inventory")
         with connect(services.db_url) as conn:
+            import_inventory(conn, sites_csv)
             import_inventory(conn, dmas_csv)
             import_inventory(conn, devices_csv)
         history = TownHistory(town, resolve_start(scenario, days))
         ingest_config = _ingest_config(config, services, scenario.root, run_id, scratch, serve)
         service = _start_ingest(ingest_config)
+        policies = PolicyRun(ingest_config, services.db_url)
         try:
             if not service.subscribed.wait(30.0):
                 raise ServiceError(f"the ingest did not subscribe at {services.mqtt_url}")
+            published = policies.publish()
+            out.write(
+                f"policies: {policies.source}: {published.published} configs published "
+                "(retained) before the devices connect\n"
+            )
+            out.flush()
             fleet, backfill, written = _simulate(
                 history, days, services, service, ingest_config, run_id, out
             )
@@ -141,6 +158,8 @@ def run_demo(
                 Scanner(anomaly).scan(conn, history.start, truth.end)
                 conn.commit()
                 report = gather(conn, truth, town, anomaly, written)
+                report.policies = policies.finish(conn, fleet, sites, truth.start, truth.end)
+                report.problems.extend(report.policies.problems)
             report.run_id = run_id
             report.services = services
             report.database_note = database_note
@@ -162,6 +181,7 @@ def run_demo(
                 out.flush()
                 stop.wait()
         finally:
+            policies.close()
             service.stop(end_session=True)  # this run's session ends with it
         return report
     finally:
@@ -196,11 +216,16 @@ def _prepare_database(services: Services, sites: list[str], config: Config) -> s
 
 def clear_sites(conn: psycopg.Connection, sites: list[str]) -> int:
     """Delete what earlier runs stored for ``sites`` (readings, rejections, alerts, nights,
-    device status; the inventory stays, the import updates it). Rows deleted."""
+    device status, message counts, published configs, device states, overrides; the inventory
+    stays, the import updates it). Rows deleted."""
     devices = "SELECT id FROM devices WHERE site = ANY(%(sites)s)"
     statements = [
         f"DELETE FROM readings WHERE device_id IN ({devices})",
         f"DELETE FROM device_status WHERE device_id IN ({devices})",
+        f"DELETE FROM device_reporting_daily WHERE device_id IN ({devices})",
+        f"DELETE FROM device_configs WHERE device_id IN ({devices})",
+        "DELETE FROM device_states WHERE site = ANY(%(sites)s)",
+        "DELETE FROM lighting_overrides WHERE site = ANY(%(sites)s)",
         "DELETE FROM rejected_messages WHERE site = ANY(%(sites)s)",
         "DELETE FROM alerts WHERE site = ANY(%(sites)s)",
         "DELETE FROM dma_nights WHERE site = ANY(%(sites)s)",

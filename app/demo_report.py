@@ -22,6 +22,7 @@ from core.db import redact
 from simulators import Town, Truth
 
 if TYPE_CHECKING:
+    from app.demo_policies import PolicyFindings
     from app.embedded import Services
     from ingest.backfill import Backfill
     from simulators.town_history import HistoryWritten
@@ -78,6 +79,7 @@ class DemoReport:
     truth_removed_at_exit: bool = False
     metrics_url: str | None = None
     seconds: float = 0.0
+    policies: PolicyFindings | None = None
 
     @property
     def db_url(self) -> str:
@@ -344,6 +346,10 @@ def render(report: DemoReport, serve: bool) -> str:
             if it_true > 0
             else f"server room, {site}: {fac:,.1f} kWh in all, {it:,.1f} kWh IT; {pue}"
         )
+    if report.policies is not None:
+        from app.demo_policies import render_policies
+
+        lines.extend(render_policies(report.policies))
     luminaire = [e for e in report.events if e["kind"] in LUMINAIRE_FAULTS]
     if luminaire:
         w(

@@ -13,6 +13,7 @@ from typing import TypeAlias
 
 import orjson
 
+from app.policies_actions import DEVICE_ACTIONS, add_device_actions, cmd_device_action
 from core.config import Config
 from core.contract import METRICS
 from core.db import connect
@@ -48,12 +49,17 @@ def add_policies_parser(sub: Subcommands) -> Subcommands:
     policies = sub.add_parser(
         "policies",
         help="the policy engine: lighting programs and reporting rates",
-        description="The policy engine's policies: lighting programs, their calendar, the "
-        "luminaires that stay lit, safety floors per lighting class, reporting rates per device "
-        "kind (see policies/README.md).",
+        description="The policy engine: lighting programs, their calendar, the luminaires that "
+        "stay lit, safety floors per lighting class, reporting rates per device kind (see "
+        "policies/README.md). With no ACTION: the service, which publishes every device's "
+        "config (retained, versioned), follows their states and escalates the sensors of DMAs "
+        "with a leak alert, every policies.service.interval_s until stopped.",
+    )
+    policies.add_argument(
+        "--metrics-port", type=int, help="Prometheus port of the service (0: off; default 9108)"
     )
     actions: Subcommands = policies.add_subparsers(
-        dest="policies_command", required=True, metavar="ACTION"
+        dest="policies_command", required=False, metavar="ACTION"
     )
     check = actions.add_parser(
         "check",
@@ -94,6 +100,13 @@ def add_policies_parser(sub: Subcommands) -> Subcommands:
     schedule.add_argument(
         "--format", choices=("table", "json"), default="table", help="output (table, json)"
     )
+    from app.policies_compliance import add_compliance_parser  # its astral imports are lazy
+
+    add_compliance_parser(actions)
+    add_device_actions(actions)
+    from app.policies_simulate import add_simulate_parser  # policies.energy loaded on use
+
+    add_simulate_parser(actions)
     return actions
 
 
@@ -102,6 +115,16 @@ def cmd_policies(args: argparse.Namespace, config: Config) -> int:
     file is invalid; ``sobriety policies schedule``: :func:`cmd_schedule`."""
     if args.policies_command == "schedule":
         return cmd_schedule(args, config)
+    if args.policies_command in DEVICE_ACTIONS:
+        return cmd_device_action(args, config)
+    if args.policies_command == "compliance":
+        from app.policies_compliance import cmd_compliance
+
+        return cmd_compliance(args, config)
+    if args.policies_command == "simulate":
+        from app.policies_simulate import cmd_simulate
+
+        return cmd_simulate(args, config)
     policies = load_policies(args.file)
     print(f"{args.file}: valid")
     for line in describe_policies(policies):
@@ -200,6 +223,20 @@ def describe_policies(policies: PoliciesConfig) -> list[str]:
             f"  {kind}: {r.day_interval_s} / {r.night_interval_s} / {r.escalated_interval_s} s, "
             f"batch {r.batch}, deadband {deadband or 'none'}, max silence {r.max_silence_s} s"
         )
+    sim, svc, acc = policies.simulate, policies.service, policies.accounting
+    lines.append(
+        f"simulate: driver standby {sim.standby_w:g} W, line losses "
+        f"{sim.line_loss_fraction:.1%}, cabinet overhead {sim.cabinet_overhead_w:g} W"
+    )
+    lines.append(
+        f"service: a pass every {svc.interval_s:g} s, broker acknowledgements within "
+        f"{svc.publish_timeout_s:g} s, unapplied configs sent again after "
+        + (f"{svc.resend_after_s:g} s" if svc.resend_after_s else "never")
+    )
+    lines.append(
+        f"accounting: baseline one message per metric every {acc.baseline_interval_s} s, "
+        f"{acc.uplink_energy_j:g} J per uplink"
+    )
     notes = floor_adjustments(policies)
     lines.append(f"floor adjustments ({len(notes)}):")
     lines += [f"  {note}" for note in notes] or ["  none"]

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 
+from app.policies_sites import site_place
 from core.errors import ConfigError, UsageError
 from core.lighting import NightSchedule, night_schedule, sun_times
 from policies.config import PoliciesConfig
@@ -53,24 +54,6 @@ class SiteNight:
     sunset: float | None
     sunrise: float | None
     groups: list[GroupSchedule]
-
-
-def _site(conn: psycopg.Connection, site: str) -> tuple[str, float, float]:
-    row = conn.execute("SELECT timezone, lat, lon FROM sites WHERE site = %s", (site,)).fetchone()
-    if row is None:
-        known = [str(r[0]) for r in conn.execute("SELECT site FROM sites ORDER BY 1")]
-        raise UsageError(
-            f"--site {site!r}: no such site; known sites: {', '.join(known) or 'none yet'}"
-        )
-    timezone, lat, lon = row
-    missing = [name for name, value in (("lat", lat), ("lon", lon)) if value is None]
-    if missing:
-        raise UsageError(
-            f"site {site!r} has no coordinates ({' and '.join(missing)} missing): the sun cannot "
-            "be computed; register them with `sobriety inventory import` of a sites file "
-            "(site,name,timezone,lat,lon)"
-        )
-    return str(timezone), float(lat), float(lon)
 
 
 def _luminaires(conn: psycopg.Connection, site: str) -> dict[str | None, Counter[str | None]]:
@@ -109,7 +92,7 @@ def site_night(
     the local date ``night``. :class:`UsageError` for an unknown site, a site without
     coordinates or an unknown group; :class:`ConfigError` for a time zone or a program that
     cannot be resolved."""
-    timezone, lat, lon = _site(conn, site)
+    timezone, lat, lon = site_place(conn, site)
     try:
         tz = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):

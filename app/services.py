@@ -1,5 +1,6 @@
 """``sobriety ingest`` and ``sobriety run``: the services composed in one process (the ingest,
-with the anomaly service in a thread under ``run``) or as ``--workers N`` ingest processes."""
+with the anomaly and policies services in threads under ``run``) or as ``--workers N`` ingest
+processes."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
         return retire_session(worker_config(config, None, args.retire_session))
     registry = None
     if args.command == "run" and args.worker is None:
-        registry = _start_anomaly(config)
+        registry = _start_stages(config)
     if args.worker is None:
         retire_stale_sessions(config, config.section(IngestConfig).workers, main_argv())
         if config.section(IngestConfig).workers > 1:
@@ -58,13 +59,17 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _start_anomaly(config: Config) -> Any:
-    """``sobriety run``: the anomaly service in a thread, its metrics in the ingest's registry."""
+def _start_stages(config: Config) -> Any:
+    """``sobriety run``: the anomaly and policies services in threads, their metrics in the
+    ingest's registry."""
     from prometheus_client import CollectorRegistry
 
     from anomaly.service import AnomalyService
+    from policies.service import PoliciesService
 
     registry = CollectorRegistry()
-    service = AnomalyService(config.db_conninfo(), config.section(AnomalyConfig), registry)
-    threading.Thread(target=service.run, name="anomaly", daemon=True).start()
+    anomaly = AnomalyService(config.db_conninfo(), config.section(AnomalyConfig), registry)
+    threading.Thread(target=anomaly.run, name="anomaly", daemon=True).start()
+    policies = PoliciesService(config, registry)
+    threading.Thread(target=policies.run, name="policies", daemon=True).start()
     return registry

@@ -19,17 +19,26 @@ from core.errors import ConfigError
 def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     from core.db import connect
     from core.inventory import import_inventory
-    from simulators import Fleet, build_town, load_scenario, packaged_scenario, write_inventory
+    from simulators import (
+        Fleet,
+        build_town,
+        load_scenario,
+        packaged_scenario,
+        write_inventory,
+        write_sites,
+    )
 
     scenario = load_scenario(args.scenario or packaged_scenario("demo"))
     if args.speed < 0:
         raise ConfigError(f"--speed {args.speed}: expected 0 (full speed) or more")
     town = build_town(scenario, args.seed)
     out = args.out or Path("var") / "sim" / f"{scenario.name}-{args.seed}"
+    sites_csv = write_sites(town, out / "inventory")
     dmas_csv, devices_csv = write_inventory(town, out / "inventory")
-    print(f"inventory: {dmas_csv} and {devices_csv} ({len(town.devices)} devices)")
+    print(f"inventory: {sites_csv}, {dmas_csv} and {devices_csv} ({len(town.devices)} devices)")
     if args.import_inventory:
         with connect(config.db_conninfo()) as conn:
+            import_inventory(conn, sites_csv)
             import_inventory(conn, dmas_csv)
             import_inventory(conn, devices_csv)
     fleet = Fleet(

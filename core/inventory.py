@@ -7,8 +7,12 @@ astronomical clock; the sites table has no properties, so any other column is an
 GeoJSON features carry the same properties, and a Point geometry gives ``lon``/``lat``. Sites
 are created as they appear in a devices or DMAs file; a sites file updates only the columns it
 has (an empty ``timezone`` cell is the default, Europe/Paris). Importing the same file twice changes
-nothing (rows are compared, not rewritten). Every error names the file, the line (the feature
-number for GeoJSON) and the column; nothing is written unless the whole file is valid.
+nothing (rows are compared, not rewritten). A devices file's other columns go to
+``devices.properties`` as text; three of them are checked first, luminaire properties that the
+compliance report reads: ``cct_k`` (colour temperature [K], 1000-10000), ``usage``
+(:data:`LUMINAIRE_USAGES`) and ``closing_time`` (local ``HH:MM``, the end of a park's opening).
+Every error names the file, the line (the feature number for GeoJSON) and the column; nothing
+is written unless the whole file is valid.
 :func:`write_inventory_csv` writes the files this import reads (the simulators use it).
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +80,50 @@ def _timezone(value: str) -> str:
 
 DEFAULT_TIMEZONE = "Europe/Paris"
 """The time zone of a site that names none (the default of ``sites.timezone``)."""
+
+LUMINAIRE_USAGES = ("road", "parking", "pedestrian", "park", "heritage", "sports", "other")
+"""What a luminaire lights (devices column ``usage``): a road (``road``), an open-air car park
+(``parking``), a footpath or square (``pedestrian``), a park or garden (``park``), heritage or
+buildings put in light (``heritage``), open-air sports grounds (``sports``), anything else
+(``other``) — the categories of the arrêté of 27 December 2018 on light pollution."""
+
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _cct(value: str) -> str:
+    return f"{_number(1000, 10000)(value):g}"
+
+
+def _usage(value: str) -> str:
+    usage = value.strip().lower()
+    if usage not in LUMINAIRE_USAGES:
+        raise ValueError(f"one of {', '.join(LUMINAIRE_USAGES)}")
+    return usage
+
+
+def _local_time(value: str) -> str:
+    if not _HHMM.match(value):
+        raise ValueError('a local time "HH:MM" from 00:00 to 23:59')
+    return value
+
+
+_DEVICE_PROPERTIES: dict[str, _Parser] = {
+    "cct_k": _cct,  # colour temperature [K]
+    "usage": _usage,
+    "closing_time": _local_time,  # end of the park's opening or activity, local time
+}
+"""Typed properties of a devices file: validated like the typed columns, but stored (as their
+canonical text) in ``devices.properties`` like any other extra column."""
+
+
+def device_property(name: str, value: str) -> str:
+    """The canonical text of the typed property ``name`` (``cct_k``, ``usage``,
+    ``closing_time``) of a luminaire, as the import stores it (``"3000"``, ``"park"``,
+    ``"20:00"``); any other name is returned as it is. :class:`ValueError` saying what was
+    expected for an invalid one (a property stored by an older import)."""
+    parser = _DEVICE_PROPERTIES.get(name)
+    return value if parser is None else str(parser(value))
+
 
 _DEVICE_COLUMNS: dict[str, tuple[_Parser, str]] = {
     "dma": (_text, "dma"),
@@ -189,7 +238,9 @@ def _parse_row(
     row: dict[str, str],
     required: tuple[str, ...],
     columns: dict[str, tuple[_Parser, str]],
+    properties: Mapping[str, _Parser] | None = None,
 ) -> dict[str, Any]:
+    typed = properties or {}
     out: dict[str, Any] = {}
     for name in required:
         value = row.get(name, "")
@@ -214,6 +265,13 @@ def _parse_row(
             except ValueError as exc:  # the parsers say what they expected
                 raise InventoryError(f"{where}, column {name}: {value!r} is not {exc}") from None
         elif value != "":
+            if name in typed:
+                try:
+                    value = typed[name](value)
+                except ValueError as exc:
+                    raise InventoryError(
+                        f"{where}, column {name}: {value!r} is not {exc}"
+                    ) from None
             extra[name] = value
     for _name, target in columns.values():
         out.setdefault(target, None)
@@ -244,8 +302,10 @@ def import_inventory(conn: psycopg.Connection, path: Path) -> ImportResult:
     required: tuple[str, ...]
     if "device" in header:
         table, required, columns = "devices", ("site", "device", "kind"), _DEVICE_COLUMNS
+        properties = _DEVICE_PROPERTIES
     elif "dma" in header:
         table, required, columns = "dmas", ("site", "dma"), _DMA_COLUMNS
+        properties = {}
     elif "site" in header:
         _check_site_columns(path, header)
         return _import_sites(conn, rows, header)
@@ -257,7 +317,7 @@ def import_inventory(conn: psycopg.Connection, path: Path) -> ImportResult:
         )
 
     def parse(where: str, row: dict[str, str]) -> tuple[str, dict[str, Any]]:
-        rec = _parse_row(where, row, required, columns)
+        rec = _parse_row(where, row, required, columns, properties)
         if table == "devices":
             _check_device(where, rec)
         return f"{rec['site']}/{rec[required[1]]}", rec

@@ -28,6 +28,7 @@ __all__ = [
     "Reporting",
     "decode_command",
     "decode_config",
+    "decode_state",
     "encode",
 ]
 
@@ -173,6 +174,11 @@ def decode_config(payload: bytes) -> DeviceConfig:
 def decode_command(payload: bytes) -> Command:
     """A ``cmd`` payload; :class:`MessageError` saying what is wrong."""
     return _decode(Command, payload)
+
+
+def decode_state(payload: bytes) -> DeviceState:
+    """A ``state`` payload; :class:`MessageError` saying what is wrong."""
+    return _decode(DeviceState, payload)
 
 
 def encode(message: DeviceConfig | Command | DeviceState) -> bytes:

@@ -31,12 +31,15 @@ from core.models import Loc, StrictModel, describe_errors, read_toml
 __all__ = [
     "LIGHTING_CLASSES",
     "WEEKDAYS",
+    "Accounting",
     "CalendarRule",
     "Calendars",
     "KindReporting",
     "LitException",
     "PoliciesConfig",
     "Program",
+    "ServiceSettings",
+    "SimulateEnergy",
     "default_reporting",
     "key_path",
     "load_policies",
@@ -350,6 +353,63 @@ def _with_kind_defaults(value: Any) -> Any:
     return merged
 
 
+class ServiceSettings(StrictModel):
+    """How the policies service runs (``[policies.service]``)."""
+
+    interval_s: float = Field(
+        60.0, ge=1, le=3600, description="how often the desired configs are recomputed [s]"
+    )
+    publish_timeout_s: float = Field(
+        60.0, gt=0, description="how long to wait for the broker to acknowledge a pass [s]"
+    )
+    resend_after_s: float = Field(
+        600.0,
+        ge=0,
+        description="an online device still not running its published version after this "
+        "long is sent it again (same version) [s]; 0 = never",
+    )
+
+
+class Accounting(StrictModel):
+    """The fixed-rate baseline of ``api.reporting_daily`` (``[policies.accounting]``)."""
+
+    baseline_interval_s: int = Field(
+        900,
+        ge=1,
+        le=86400,
+        description="baseline: one single-record message per metric this often [s]",
+    )
+    uplink_energy_j: float = Field(
+        0.0366,
+        ge=0,
+        description="radio energy of one uplink message at the device [J] (a LoRaWAN SF9 "
+        "uplink of ~20 bytes with its two receive windows; ingest/README.md)",
+    )
+
+
+class SimulateEnergy(StrictModel):
+    """What ``sobriety policies simulate`` adds to the luminaires' lamp power: their drivers'
+    standby, and the losses between the luminaires and their cabinets' meters (line losses, the
+    cabinet's own electronics). All 0 by default: the figures are then at the luminaires only."""
+
+    standby_w: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="drawn by a luminaire's driver whenever powered, lit or not [W]; a "
+        "luminaire's inventory property standby_w overrides it",
+    )
+    line_loss_fraction: float = Field(
+        0.0, ge=0, le=1, description="a cabinet's line losses, of its luminaires' power"
+    )
+    cabinet_overhead_w: float = Field(
+        0.0,
+        ge=0,
+        le=100000,
+        description="a cabinet's own constant draw (meter, controller) [W], per cabinet_meter",
+    )
+
+
 class PoliciesConfig(Section):
     """The policies (see policies/README.md): with no key at all, one program ``default`` —
     on at sunset, off at sunrise, full light all night — for every group, and the simulators'
@@ -366,6 +426,9 @@ class PoliciesConfig(Section):
     reporting: Annotated[dict[DeviceKind, KindReporting], BeforeValidator(_with_kind_defaults)] = (
         Field(default_factory=default_reporting)
     )
+    simulate: SimulateEnergy = Field(default_factory=SimulateEnergy)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    accounting: Accounting = Field(default_factory=Accounting)
 
     @model_validator(mode="after")
     def _programs_exist(self) -> PoliciesConfig:

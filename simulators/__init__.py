@@ -2,7 +2,7 @@
 
 from simulators.fleet import Backfilled, Fleet, Pace, Progress
 from simulators.scenario import Scenario, load_scenario, packaged_scenario
-from simulators.town import Town, build_town, write_inventory
+from simulators.town import Town, build_town, write_inventory, write_sites
 from simulators.truth import Truth
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "load_scenario",
     "packaged_scenario",
     "write_inventory",
+    "write_sites",
 ]

@@ -115,30 +115,34 @@ class Faults:
         )
 
     # --- when a device sends ------------------------------------------------------------------
-    def deliver(self, key: Key, topic: str, payload: bytes, t: float) -> None:
+    def deliver(self, key: Key, topic: str, payload: bytes, t: float) -> int:
         """Send one message of device ``key``, duplicated, held back or swapped with the next
-        one when a fault says so."""
+        one when a fault says so; how many copies go out (2 when duplicated, sooner or
+        later)."""
         gateway = self.groups[key[0]].gateway
+        copies = 1
         if key in self.duplicate_next:
             self.duplicate_next.discard(key)
             self.send(gateway, topic, payload)
             self.truth.count_fault("duplicate")
+            copies = 2
         if key in self.late_next:
             self.late_next.discard(key)
             self.delayed.append((t + self.spec.late_s, gateway, topic, payload))
             self.truth.count_fault("late")
-            return
+            return copies
         if key in self.swap_next:
             held = self.swap_next[key]
             if held is None:  # hold this one, send it after the next one
                 self.swap_next[key] = (topic, payload)
-                return
+                return copies
             del self.swap_next[key]
             self.send(gateway, topic, payload)
             self.send(gateway, held[0], held[1])
             self.truth.count_fault("out_of_order")
-            return
+            return copies
         self.send(gateway, topic, payload)
+        return copies
 
     def release(self, t: float, everything: bool = False) -> None:
         """Send the late messages due at ``t`` (all of them with ``everything``)."""

@@ -281,7 +281,9 @@ class Fleet:
         truth.readings += len(clean) - skewed
         if skewed:
             truth.expect_rejection("timestamp_out_of_window")
-        self.faults.deliver((gi, i), group.topics[i], payload, t)
+        copies = self.faults.deliver((gi, i), group.topics[i], payload, t)
+        if skewed < len(clean):
+            truth.deliveries_stored += copies
 
     def _sample(self, t: float) -> None:
         faults = self.faults

@@ -1,4 +1,6 @@
 """Physical models of the simulated devices: pure functions over numbers or numpy arrays.
+The luminaire's power curve (``driver_efficiency``, ``luminaire_power_w``) lives in
+:mod:`core.luminaire`, shared with the policy engine, and is re-exported here.
 
 Units are in the names and docstrings: W, Wh, m³/h, m³, bar, metres of water, °C, hours.
 """
@@ -8,29 +10,26 @@ from __future__ import annotations
 import numpy as np
 
 from core.arrays import FloatArray
+from core.luminaire import driver_efficiency, luminaire_power_w
+
+__all__ = [
+    "M_WATER_TO_BAR",
+    "cooling_power_kw",
+    "demand_pattern",
+    "dma_pressure_bar",
+    "driver_efficiency",
+    "facility_overhead_kw",
+    "favad_factor",
+    "head_loss_m",
+    "household_use",
+    "institution_pattern",
+    "leak_flow_m3h",
+    "luminaire_power_w",
+    "outdoor_temperature_c",
+]
 
 M_WATER_TO_BAR = 0.0980665
 """1 metre of water column in bar."""
-
-
-def driver_efficiency(level: FloatArray) -> FloatArray:
-    """LED driver efficiency (0-1) at a dimming level (0-1): 0.90 at full load, falling to
-    0.70 near zero load, as drivers do at low output."""
-    return 0.90 - 0.20 * (1.0 - level) ** 2
-
-
-def luminaire_power_w(
-    level: FloatArray, nominal_w: FloatArray, standby_w: FloatArray | float
-) -> FloatArray:
-    """Electrical input power [W] of a luminaire at dimming ``level`` (0-1).
-
-    ``nominal_w`` is the input power at full light; the LED power scales with the level and the
-    driver's efficiency falls at low load, so 50 % light draws ~53 % power. Standby power [W] is
-    drawn whenever the driver is powered (also when the light is off).
-    """
-    light = np.clip(level, 0.0, 1.0)
-    led = nominal_w * light * driver_efficiency(np.ones_like(light)) / driver_efficiency(light)
-    return np.where(light > 0, led, 0.0) + standby_w
 
 
 def _raw_pattern(hour: FloatArray | float, weekend: bool) -> FloatArray:

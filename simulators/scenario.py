@@ -40,7 +40,13 @@ class Lighting(StrictModel):
     streets_per_cabinet: int = Field(2, ge=1)
     classes: list[str] = Field(default_factory=lambda: ["M3", "M4", "M5"])
     nominal_power_w: list[float] = Field(default_factory=lambda: [30.0, 40.0, 60.0])
-    standby_w: float = Field(0.4, ge=0)
+    standby_w: float = Field(0.4, ge=0, description="drawn by a driver, lit or not [W]")
+    line_loss_fraction: float = Field(
+        0.03, ge=0, le=1, description="losses of a cabinet's lines, of its luminaires' power"
+    )
+    cabinet_overhead_w: float = Field(
+        5.0, ge=0, description="a cabinet's own electronics (meter, controller) [W]"
+    )
     presence_fraction: float = Field(0.2, ge=0, le=1)
     presence_rate_per_hour: float = Field(3.0, ge=0)
     lamp_failures: int = Field(1, ge=0, description="lamps that fail during the run")

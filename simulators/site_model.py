@@ -16,6 +16,7 @@ import numpy as np
 from core import lighting
 from core.arrays import FloatArray
 from core.lighting import NightSchedule
+from core.luminaire import luminaire_power_w
 from core.messages import LightingProgram
 from simulators import physics
 from simulators.scenario import Scenario
@@ -190,11 +191,11 @@ class SiteModel:
             level = np.where(lit & (t < self.boost_until), np.maximum(level, boost), level)
         level = np.where(t < self.override_until, self.override_level, level)
         self.lum_dim = level * 100.0
-        power = physics.luminaire_power_w(level, self.lum_nominal, self.lum_standby)
+        power = luminaire_power_w(level, self.lum_nominal, self.lum_standby)
         stuck_on = self.day_burner & (level == 0)
         power = np.where(
             stuck_on,
-            physics.luminaire_power_w(np.ones_like(level), self.lum_nominal, self.lum_standby),
+            luminaire_power_w(np.ones_like(level), self.lum_nominal, self.lum_standby),
             power,
         )
         power = power * (1.0 + self.drift * (t - self.t0) / 86400.0)
@@ -204,7 +205,10 @@ class SiteModel:
         self.lum_energy += wh
         self.lum_energy_true += wh
         cab = np.bincount(self.cab_index, weights=power, minlength=len(self.cab_power))
-        self.cab_power = np.asarray(cab * 1.03 + 5.0, dtype=float)  # line losses, electronics
+        # The cabinet's meter sees its luminaires plus the line losses and its own electronics.
+        self.cab_power = np.asarray(
+            cab * (1.0 + light.line_loss_fraction) + light.cabinet_overhead_w, dtype=float
+        )
         cab_wh = self.cab_power * dt / 3600.0
         self.cab_energy += cab_wh
         self.cab_energy_true += cab_wh

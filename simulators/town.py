@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from core.arrays import FloatArray
-from core.inventory import DEVICE_FILE_COLUMNS, DMA_FILE_COLUMNS, write_inventory_csv
+from core.inventory import (
+    DEVICE_FILE_COLUMNS,
+    DMA_FILE_COLUMNS,
+    SITE_FILE_COLUMNS,
+    write_inventory_csv,
+)
 from simulators.scenario import Scenario, Site
 
 _METRES_PER_DEGREE_LAT = 111_320.0
@@ -154,6 +159,22 @@ def build_town(scenario: Scenario, seed: int) -> Town:
     """The town of ``scenario`` for ``seed`` (deterministic)."""
     rng = np.random.default_rng(seed)
     return Town(scenario, seed, [_build_site(spec, rng) for spec in scenario.sites])
+
+
+def write_sites(town: Town, directory: Path) -> Path:
+    """Write ``sites.csv``: each commune's name, time zone and the coordinates of its
+    astronomical clock (import it first: the devices file would create the sites bare)."""
+    rows = [
+        {
+            "site": site.spec.site,
+            "name": site.spec.name,
+            "timezone": site.spec.timezone,
+            "lat": site.spec.lat,
+            "lon": site.spec.lon,
+        }
+        for site in town.sites
+    ]
+    return write_inventory_csv(directory / "sites.csv", rows, SITE_FILE_COLUMNS)
 
 
 def write_inventory(town: Town, directory: Path) -> tuple[Path, Path]:

@@ -3,6 +3,8 @@ evaluations can score the other stages.
 
 Counts: ``messages`` and ``readings`` sent that the ingest must store (a duplicate, a late or
 reordered message counts once; readings stamped by a skewed clock are not counted), the
+copies sent of the messages with a reading to store (``deliveries_stored``: a duplicate counts
+twice, as in the ingest's count of messages per device and day), the
 rejections the ingest must record by reason (one per message and reason), the faults injected;
 events (lamp failures, day burners, power drift, customer leaks, dropouts, clock skews); leaks
 (start, end, flow over time, hourly); the true energy of every luminaire and meter [Wh] and the
@@ -27,6 +29,7 @@ class Truth:
     end: float
     messages: int = 0
     readings: int = 0
+    deliveries_stored: int = 0  # copies sent of the messages with a reading to store
     expected_rejections: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)

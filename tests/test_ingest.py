@@ -411,8 +411,27 @@ def test_run_and_anomaly_commands_serve_their_metrics(
         wait_until(lambda: count_readings(conn, site) == 1, 30, "the reading stored")
         assert run.metric("sobriety_ingest_readings_stored_total") == 1
         assert run.metric('sobriety_anomaly_alerts_active{kind="leak"}') == 0
+        # The policies service runs too: lum-1 was given a config, its metrics are exported.
+        wait_until(
+            lambda: run.metric("sobriety_policies_pass_seconds_count") >= 1, 30, "a first pass"
+        )
+        assert run.metric("sobriety_policies_devices") >= 1  # the database's other sites too
+        published = conn.execute(
+            "SELECT version FROM api.device_configs WHERE site = %s AND device = 'lum-1'",
+            (site,),
+        ).fetchone()
+        assert published == (1,)
     finally:
         assert run.terminate() == 0
+        clear = Publisher(mqtt_url)  # what the policies left retained on the shared broker
+        configured = conn.execute(
+            "SELECT site, device FROM api.device_configs WHERE published_at IS NOT NULL"
+        ).fetchall()
+        conn.commit()
+        for s, d in configured:
+            clear.client.publish(f"{root}/{s}/{d}/config", b"", qos=1, retain=True)
+        clear.wait_acked(len(configured))
+        clear.close()
     anomaly = ServiceProcess(
         config, tmp_path, command=("anomaly",), ready="sobriety_anomaly_scan_seconds_count",
         name="anomaly",

@@ -50,6 +50,26 @@ def test_csv_devices_and_dmas_import_once(
     assert lum == ("luminaire", "rue-a", "M4", 40.0, 45.76, {"vendor": "acme"})
 
 
+def test_luminaire_properties_are_checked_then_stored_as_text(
+    conn: psycopg.Connection, site: str, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path / "d.csv",
+        "site,device,kind,cct_k,usage,closing_time,vendor\n"
+        f"{site},l1,luminaire,2700.0,Park,20:00,acme\n"
+        f"{site},l2,luminaire,,,,\n",
+    )
+    assert import_inventory(conn, path).inserted == 2
+    rows = conn.execute(
+        "SELECT device, properties FROM api.devices WHERE site = %s ORDER BY device", (site,)
+    ).fetchall()
+    assert rows == [
+        ("l1", {"cct_k": "2700", "usage": "park", "closing_time": "20:00", "vendor": "acme"}),
+        ("l2", {}),
+    ]
+    assert import_inventory(conn, path).unchanged == 2
+
+
 def test_changed_row_is_updated(conn: psycopg.Connection, site: str, tmp_path: Path) -> None:
     path = write(
         tmp_path / "d.csv", f"site,device,kind,nominal_power_w\n{site},lum-1,luminaire,40\n"
@@ -119,6 +139,27 @@ def test_geojson_points_give_coordinates(
         (
             "site,dma,connections\n{site},n,-4\n",
             r"line 2, column connections: '-4' is not a whole number",
+        ),
+        (
+            "site,device,kind,cct_k\n{site},l,luminaire,3000\n{site},m,luminaire,warm\n",
+            r"line 3, column cct_k: 'warm' is not a number from 1000 to 10000",
+        ),
+        (
+            "site,device,kind,cct_k\n{site},l,luminaire,30000\n",
+            r"line 2, column cct_k: '30000' is not a number from 1000 to 10000",
+        ),
+        (
+            "site,device,kind,usage\n{site},l,luminaire,parc\n",
+            r"line 2, column usage: 'parc' is not one of road, parking, pedestrian, park, "
+            r"heritage, sports, other",
+        ),
+        (
+            "site,device,kind,closing_time\n{site},l,luminaire,8pm\n",
+            r'line 2, column closing_time: \'8pm\' is not a local time "HH:MM" from 00:00',
+        ),
+        (
+            "site,device,kind,closing_time\n{site},l,luminaire,24:00\n",
+            r"line 2, column closing_time: '24:00' is not a local time",
         ),
     ],
 )

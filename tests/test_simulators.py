@@ -508,7 +508,10 @@ def test_simulated_energy_is_consistent() -> None:
             for d, k in zip(town.luminaires, town.lum_cabinet, strict=True)
             if k == c
         )
-        assert truth.energy_wh[f"{site}/{cab}"] == pytest.approx(lamps * 1.03 + 5.0 * hours)
+        light = scenario.sites[0].lighting
+        assert truth.energy_wh[f"{site}/{cab}"] == pytest.approx(
+            lamps * (1.0 + light.line_loss_fraction) + light.cabinet_overhead_w * hours
+        )
     balance = truth.water[f"{site}/dma-0"]
     assert balance["inflow_m3"] == pytest.approx(
         balance["consumption_m3"]
