@@ -12,7 +12,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from app import data_commands, policies_commands, services, simulation, water_commands
+from app import (
+    data_commands,
+    energy_commands,
+    policies_commands,
+    services,
+    simulation,
+    water_commands,
+)
 from app.cli_parser import build_parser, parse_time
 from app.config import load_config
 from core.config import Config
@@ -68,6 +75,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "anomaly": water_commands.cmd_anomaly,
     "alerts": water_commands.cmd_alerts,
     "policies": policies_commands.cmd_policies,
+    "energy": energy_commands.cmd_energy,
     "simulate": simulation.cmd_simulate,
     "demo": simulation.cmd_demo,
 }

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from anomaly.alerts import ALERT_KINDS
+from app.energy_commands import add_energy_parser
 from app.policies_commands import add_policies_parser
 from core import __version__
 from core.errors import RejectReason
@@ -169,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
          "is durable. Runs until SIGTERM or Ctrl-C (which flush and stop cleanly)."),
         ("run", "run every service in one process until stopped",
          "All services in one process: the ingest, the policies service (configs every "
-         "policies.service.interval_s) and leak detection every anomaly.interval_s, "
+         "policies.service.interval_s), leak detection every anomaly.interval_s and energy "
+         "accounting every energy.interval_s, "
          "each in a thread; metrics on one endpoint. Runs until SIGTERM or Ctrl-C."),
     ):  # fmt: skip
         _service_options(sub.add_parser(name, help=text, description=about))
@@ -301,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_policies_parser(sub)
+    add_energy_parser(sub, _period, _site, _format, _port)
 
     alerts = sub.add_parser("alerts", help="list, acknowledge and resolve alerts")
     al_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

@@ -10,10 +10,13 @@ from typing import Any
 from anomaly.config import AnomalyConfig
 from core.config import CORE_SECTIONS, Config, Section
 from core.config import load_config as load_sections
+from energy.config import EnergyConfig
 from ingest.config import IngestConfig
 from policies.config import PoliciesConfig
 
-SECTIONS: tuple[type[Section], ...] = (*CORE_SECTIONS, IngestConfig, AnomalyConfig, PoliciesConfig)
+SECTIONS: tuple[type[Section], ...] = (
+    *CORE_SECTIONS, IngestConfig, AnomalyConfig, PoliciesConfig, EnergyConfig,
+)  # fmt: skip
 """Every section the ``sobriety`` command reads."""
 
 

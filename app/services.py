@@ -60,11 +60,13 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
 
 
 def _start_stages(config: Config) -> Any:
-    """``sobriety run``: the anomaly and policies services in threads, their metrics in the
-    ingest's registry."""
+    """``sobriety run``: the anomaly, policies and energy services in threads, their metrics in
+    the ingest's registry."""
     from prometheus_client import CollectorRegistry
 
     from anomaly.service import AnomalyService
+    from energy.config import EnergyConfig
+    from energy.service import EnergyService
     from policies.service import PoliciesService
 
     registry = CollectorRegistry()
@@ -72,4 +74,6 @@ def _start_stages(config: Config) -> Any:
     threading.Thread(target=anomaly.run, name="anomaly", daemon=True).start()
     policies = PoliciesService(config, registry)
     threading.Thread(target=policies.run, name="policies", daemon=True).start()
+    energy = EnergyService(config.db_conninfo(), config.section(EnergyConfig), registry)
+    threading.Thread(target=energy.run, name="energy", daemon=True).start()
     return registry

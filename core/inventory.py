@@ -8,9 +8,12 @@ GeoJSON features carry the same properties, and a Point geometry gives ``lon``/`
 are created as they appear in a devices or DMAs file; a sites file updates only the columns it
 has (an empty ``timezone`` cell is the default, Europe/Paris). Importing the same file twice changes
 nothing (rows are compared, not rewritten). A devices file's other columns go to
-``devices.properties`` as text; three of them are checked first, luminaire properties that the
-compliance report reads: ``cct_k`` (colour temperature [K], 1000-10000), ``usage``
-(:data:`LUMINAIRE_USAGES`) and ``closing_time`` (local ``HH:MM``, the end of a park's opening).
+``devices.properties`` as text; six of them are checked first: the luminaire properties the
+compliance report reads, ``cct_k`` (colour temperature [K], 1000-10000), ``usage``
+(:data:`LUMINAIRE_USAGES`) and ``closing_time`` (local ``HH:MM``, the end of a park's opening),
+and the meter properties energy accounting reads, ``counter_max_wh`` (where the energy register
+wraps [Wh]), ``max_power_w`` (the most the device draws [W]) and ``replaced_at`` (when its
+meter was replaced, ISO 8601 with an offset; stored in UTC).
 Every error names the file, the line (the feature number for GeoJSON) and the column; nothing
 is written unless the whole file is valid.
 :func:`write_inventory_csv` writes the files this import reads (the simulators use it).
@@ -24,6 +27,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -107,10 +111,32 @@ def _local_time(value: str) -> str:
     return value
 
 
+def _wh(value: str) -> str:
+    return f"{_number(1, 1e15)(value):.15g}"
+
+
+def _watts(value: str) -> str:
+    return f"{_number(0, 1e8)(value):.15g}"
+
+
+def _instant(value: str) -> str:
+    expected = "an instant in ISO 8601 with a UTC offset, e.g. 2026-11-03T10:00:00+01:00"
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(expected) from None
+    if when.tzinfo is None:
+        raise ValueError(expected)
+    return when.astimezone(UTC).isoformat()
+
+
 _DEVICE_PROPERTIES: dict[str, _Parser] = {
     "cct_k": _cct,  # colour temperature [K]
     "usage": _usage,
     "closing_time": _local_time,  # end of the park's opening or activity, local time
+    "counter_max_wh": _wh,  # where the energy register wraps [Wh]
+    "max_power_w": _watts,  # the most the device can draw [W]: a larger counter step is absurd
+    "replaced_at": _instant,  # when its meter was replaced (stored in UTC)
 }
 """Typed properties of a devices file: validated like the typed columns, but stored (as their
 canonical text) in ``devices.properties`` like any other extra column."""
@@ -118,9 +144,10 @@ canonical text) in ``devices.properties`` like any other extra column."""
 
 def device_property(name: str, value: str) -> str:
     """The canonical text of the typed property ``name`` (``cct_k``, ``usage``,
-    ``closing_time``) of a luminaire, as the import stores it (``"3000"``, ``"park"``,
-    ``"20:00"``); any other name is returned as it is. :class:`ValueError` saying what was
-    expected for an invalid one (a property stored by an older import)."""
+    ``closing_time``, ``counter_max_wh``, ``max_power_w``, ``replaced_at``) of a device, as the
+    import stores it (``"3000"``, ``"park"``, ``"20:00"``); any other name is returned as it
+    is. :class:`ValueError` saying what was expected for an invalid one (a property stored by
+    an older import)."""
     parser = _DEVICE_PROPERTIES.get(name)
     return value if parser is None else str(parser(value))
 

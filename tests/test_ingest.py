@@ -421,6 +421,10 @@ def test_run_and_anomaly_commands_serve_their_metrics(
             (site,),
         ).fetchone()
         assert published == (1,)
+        # And the energy service: its first pass (rollup refreshed, days recomputed) done.
+        wait_until(
+            lambda: run.metric("sobriety_energy_pass_seconds_count") >= 1, 30, "an energy pass"
+        )
     finally:
         assert run.terminate() == 0
         clear = Publisher(mqtt_url)  # what the policies left retained on the shared broker

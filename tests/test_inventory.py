@@ -70,6 +70,26 @@ def test_luminaire_properties_are_checked_then_stored_as_text(
     assert import_inventory(conn, path).unchanged == 2
 
 
+def test_meter_properties_are_checked_then_stored_as_text(
+    conn: psycopg.Connection, site: str, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path / "m.csv",
+        "site,device,kind,counter_max_wh,max_power_w,replaced_at\n"
+        f"{site},c1,cabinet_meter,999999900.0,2500,2026-11-03T10:00:00+01:00\n",
+    )
+    assert import_inventory(conn, path).inserted == 1
+    row = conn.execute("SELECT properties FROM api.devices WHERE site = %s", (site,)).fetchone()
+    assert row == (
+        {
+            "counter_max_wh": "999999900",
+            "max_power_w": "2500",
+            "replaced_at": "2026-11-03T09:00:00+00:00",
+        },
+    )
+    assert import_inventory(conn, path).unchanged == 1
+
+
 def test_changed_row_is_updated(conn: psycopg.Connection, site: str, tmp_path: Path) -> None:
     path = write(
         tmp_path / "d.csv", f"site,device,kind,nominal_power_w\n{site},lum-1,luminaire,40\n"
@@ -160,6 +180,19 @@ def test_geojson_points_give_coordinates(
         (
             "site,device,kind,closing_time\n{site},l,luminaire,24:00\n",
             r"line 2, column closing_time: '24:00' is not a local time",
+        ),
+        (
+            "site,device,kind,counter_max_wh\n{site},c,cabinet_meter,0\n",
+            r"line 2, column counter_max_wh: '0' is not a number from 1 to",
+        ),
+        (
+            "site,device,kind,max_power_w\n{site},c,cabinet_meter,-5\n",
+            r"line 2, column max_power_w: '-5' is not a number from 0 to",
+        ),
+        (
+            "site,device,kind,replaced_at\n{site},c,cabinet_meter,2026-11-03T10:00\n",
+            r"line 2, column replaced_at: '2026-11-03T10:00' is not an instant in ISO 8601 "
+            r"with a UTC offset",
         ),
     ],
 )

@@ -1,0 +1,214 @@
+"""The energy service: keeps ``energy_daily`` (``api.energy_daily``) current.
+
+:func:`recompute` computes the local days of a period at every site (``sobriety energy
+recompute --since --until``); :class:`EnergyService` refreshes the hourly rollup, then recomputes
+the last ``energy.rescan_days`` days every ``energy.interval_s`` (``sobriety energy``, also inside
+``sobriety run``), so late data is taken into account. Idempotent: a day computed twice from the
+same data is the same row.
+
+A device with an ``energy`` counter is accounted from it, else from its ``power`` samples. Its
+limits come from the inventory's properties (``counter_max_wh``, ``max_power_w`` — else a
+luminaire's ``nominal_power_w`` —, ``replaced_at``); the hold of its power samples from the
+reporting it was told (``device_configs``: its maximum silence when it reports power by
+exception, its interval otherwise), else ``energy.default_hold_s``. A day is computed from a day
+of readings on either side, so a day's first and last intervals are whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from core import rollup
+from core.db import connect
+from energy import store
+from energy.config import EnergyConfig
+from energy.daily import CounterSettings, anomalous_hours, counter_days, counter_series, power_days
+from energy.integrate import day_edges, hold_seconds
+
+__all__ = ["EnergyService", "RecomputeReport", "recompute"]
+
+log = logging.getLogger(__name__)
+
+MARGIN_S = 86400.0
+"""Readings read beyond each end of the period [s]: the intervals that cross its midnights."""
+
+
+@dataclass
+class RecomputeReport:
+    """What a recompute did."""
+
+    sites: int = 0
+    devices: int = 0
+    days_written: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _settings(dev: store.MeteredDevice, config: EnergyConfig) -> CounterSettings:
+    props = dev.properties or {}
+    max_power = _float(props.get("max_power_w"))
+    if max_power is None and dev.kind == "luminaire":
+        max_power = dev.nominal_power_w
+    return CounterSettings(
+        counter_max_wh=_float(props.get("counter_max_wh")),
+        max_power_w=max_power,
+        replaced_at=store.replaced_instants(props),
+        reset_tolerance_wh=config.reset_tolerance_wh,
+        resolution_wh=config.resolution_wh,
+        glitch_readings=config.glitch_readings,
+    )
+
+
+def _hold(dev: store.MeteredDevice, config: EnergyConfig) -> float:
+    reporting = dev.reporting
+    if not reporting:
+        return config.default_hold_s
+    interval = float(reporting.get("interval_s", 600))
+    by_exception = "power" in (reporting.get("deadband") or {})
+    silence = float(reporting.get("max_silence_s", 3600)) if by_exception else None
+    return hold_seconds(interval, silence)
+
+
+def _days(first: date, count: int) -> list[date]:
+    return [first + timedelta(days=n) for n in range(count)]
+
+
+def recompute(
+    conn: psycopg.Connection,
+    config: EnergyConfig,
+    since: float,
+    until: float,
+    site: str | None = None,
+) -> RecomputeReport:
+    """Compute and store the local days from the one of ``since`` to the one of ``until`` [s]
+    of every metered device (of ``site``), one transaction per chunk of devices."""
+    report = RecomputeReport()
+    for name, timezone in store.sites(conn, site):
+        zone = ZoneInfo(timezone)
+        first = datetime.fromtimestamp(since, zone).date()
+        last = datetime.fromtimestamp(until, zone).date()
+        count = (last - first).days + 1
+        edges = day_edges(first, count, zone)
+        days = _days(first, count)
+        lo, hi = edges[0] - MARGIN_S, edges[-1] + MARGIN_S
+        devices = store.metered_devices(conn, name, lo, hi)
+        conn.commit()
+        report.sites += 1
+        for start in range(0, len(devices), config.chunk_devices):
+            chunk = devices[start : start + config.chunk_devices]
+            _chunk(conn, config, chunk, edges, days, lo, hi, report)
+            conn.commit()
+    return report
+
+
+def _chunk(
+    conn: psycopg.Connection,
+    config: EnergyConfig,
+    chunk: list[store.MeteredDevice],
+    edges: np.ndarray,
+    days: list[date],
+    lo: float,
+    hi: float,
+    report: RecomputeReport,
+) -> None:
+    counters = [d for d in chunk if d.has_energy]
+    powered = [d for d in chunk if not d.has_energy]
+    hours = store.counter_hours(conn, [d.device_id for d in counters], lo, hi)
+    settings = {d.device_id: _settings(d, config) for d in counters}
+    wanted = [
+        (device_id, float(hour))
+        for device_id, rows in hours.items()
+        for hour in rows.hour[anomalous_hours(rows, settings[device_id])].tolist()
+    ]
+    raw = store.raw_counter(conn, wanted)
+    for dev in counters:
+        rows = hours.get(dev.device_id)
+        if rows is None:
+            continue
+        t, wh = counter_series(rows, raw.get(dev.device_id, {}), settings[dev.device_id])
+        figures = counter_days(t, wh, edges, settings[dev.device_id])
+        report.days_written += store.save_days(conn, dev.device_id, days, "counter", figures)
+        report.devices += 1
+        report.by_source["counter"] = report.by_source.get("counter", 0) + 1
+    if powered:
+        ids = [d.device_id for d in powered]
+        samples = store.power_hours(conn, ids, lo, hi)
+        try:
+            figures_of = power_days(samples, len(ids), [_hold(d, config) for d in powered], edges)
+        except ValueError as exc:  # a zone whose midnights are not on UTC hours
+            log.warning("energy: power of %d devices not computed: %s", len(ids), exc)
+            return
+        for dev, figures in zip(powered, figures_of, strict=True):
+            report.days_written += store.save_days(conn, dev.device_id, days, "power", figures)
+            report.devices += 1
+            report.by_source["power"] = report.by_source.get("power", 0) + 1
+
+
+class EnergyService:
+    """``sobriety energy``: the rollup refreshed, then the last ``rescan_days`` recomputed,
+    every ``interval_s``, until :meth:`stop`."""
+
+    def __init__(self, conninfo: str, config: EnergyConfig, registry: CollectorRegistry) -> None:
+        self._conninfo = conninfo
+        self.config = config
+        self.stopping = threading.Event()
+        self.passes = 0
+        ns, sub = "sobriety", "energy"
+        self.pass_seconds = Histogram(
+            "pass_seconds", "Duration of one recompute pass.", namespace=ns, subsystem=sub,
+            registry=registry,
+        )  # fmt: skip
+        self.failures = Counter(
+            "pass_failures", "Passes that failed (database unreachable, ...) and were retried.",
+            namespace=ns, subsystem=sub, registry=registry,
+        )  # fmt: skip
+        self.days = Counter(
+            "days_written", "Device-days written to energy_daily.", namespace=ns,
+            subsystem=sub, registry=registry,
+        )  # fmt: skip
+
+    def run_pass(self, now: float | None = None) -> RecomputeReport | None:
+        """One pass; a failure is logged, counted and retried at the next."""
+        started = time.monotonic()
+        now = time.time() if now is None else now
+        try:
+            with connect(self._conninfo, autocommit=True) as conn:
+                rollup.refresh(conn)
+            with connect(self._conninfo) as conn:
+                report = recompute(
+                    conn, self.config, now - (self.config.rescan_days - 1) * 86400.0, now
+                )
+        except Exception as exc:  # noqa: BLE001 - the service keeps going
+            log.warning("energy: pass failed (%s); retrying", exc)
+            self.failures.inc()
+            return None
+        self.passes += 1
+        self.days.inc(report.days_written)
+        self.pass_seconds.observe(time.monotonic() - started)
+        return report
+
+    def run(self) -> None:
+        """Pass until stopped."""
+        while not self.stopping.is_set():
+            self.run_pass()
+            self.stopping.wait(self.config.interval_s)
+
+    def stop(self) -> None:
+        """Stop after the pass in progress."""
+        self.stopping.set()
