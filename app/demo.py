@@ -126,13 +126,16 @@ def run_demo(
             f"database: {redact(services.db_url)} ({services.db_origin}: {database_note})\n"
         )
         out.flush()
+        live_start = resolve_start(scenario, days)
         sites_csv = write_sites(town, scratch / "inventory")
-        dmas_csv, devices_csv = write_inventory(town, scratch / "inventory")
+        dmas_csv, devices_csv = write_inventory(
+            town, scratch / "inventory", start=live_start, days=days
+        )  # a meter replaced during the run is in the inventory with its instant
         with connect(services.db_url) as conn:
             import_inventory(conn, sites_csv)
             import_inventory(conn, dmas_csv)
             import_inventory(conn, devices_csv)
-        history = TownHistory(town, resolve_start(scenario, days))
+        history = TownHistory(town, live_start)
         ingest_config = _ingest_config(config, services, scenario.root, run_id, scratch, serve)
         service = _start_ingest(ingest_config)
         policies = PolicyRun(ingest_config, services.db_url)

@@ -27,14 +27,17 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
         write_inventory,
         write_sites,
     )
+    from simulators.fleet import resolve_start
 
     scenario = load_scenario(args.scenario or packaged_scenario("demo"))
     if args.speed < 0:
         raise ConfigError(f"--speed {args.speed}: expected 0 (full speed) or more")
     town = build_town(scenario, args.seed)
     out = args.out or Path("var") / "sim" / f"{scenario.name}-{args.seed}"
+    days = args.days if args.days is not None else scenario.days
+    start = resolve_start(scenario, days)
     sites_csv = write_sites(town, out / "inventory")
-    dmas_csv, devices_csv = write_inventory(town, out / "inventory")
+    dmas_csv, devices_csv = write_inventory(town, out / "inventory", start=start, days=days)
     print(f"inventory: {sites_csv}, {dmas_csv} and {devices_csv} ({len(town.devices)} devices)")
     if args.import_inventory:
         with connect(config.db_conninfo()) as conn:
@@ -42,7 +45,12 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
             import_inventory(conn, dmas_csv)
             import_inventory(conn, devices_csv)
     fleet = Fleet(
-        town, config.mqtt.url, speed=args.speed, days=args.days, protocol=config.mqtt.protocol
+        town,
+        config.mqtt.url,
+        speed=args.speed,
+        days=days,
+        start=start,
+        protocol=config.mqtt.protocol,
     )
     fleet.connect()
     stop = threading.Event()

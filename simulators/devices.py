@@ -96,14 +96,24 @@ class Group:
         self.deadband[i] = dict(reporting.deadband)
         self.max_silence[i] = float(reporting.max_silence_s)
 
-    def sample(self, i: int, t: float, stamp: float, values: dict[str, FloatArray]) -> bool:
+    def sample(
+        self,
+        i: int,
+        t: float,
+        stamp: float,
+        values: dict[str, FloatArray],
+        skip: frozenset[str] = frozenset(),
+    ) -> bool:
         """Device ``i`` samples at ``t``, stamping ``stamp`` (its clock, maybe skewed); a metric
         inside its deadband since the last value sent is skipped unless it has been silent for
-        ``max_silence_s``. True when the device holds a full batch to send."""
+        ``max_silence_s``, and so is a metric of ``skip`` (a reporting fault). True when the
+        device holds a full batch to send."""
         skewed = stamp != t
         last = self.last_sent[i]
         band = self.deadband[i]
         for metric, unit, factor in self.metrics:
+            if metric in skip:
+                continue
             value = float(values[metric][i])
             if band and metric in band and metric in last:
                 prev, when = last[metric]

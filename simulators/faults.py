@@ -1,7 +1,8 @@
 """Faults injected into the simulated fleet, at seeded random times and devices, and counted in
 the ground truth: malformed payloads, duplicates, out-of-order and late messages, dropouts
 (silence), clock skew and messages from unknown devices. See ``[faults]`` in
-:mod:`simulators.scenario`."""
+:mod:`simulators.scenario`; the faults of what meters report are in
+:mod:`simulators.meter_faults`."""
 
 from __future__ import annotations
 

@@ -30,11 +30,14 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from core.arrays import FloatArray
+from core.luminaire import luminaire_power_w
 from core.messages import DeviceState, MessageError, decode_command, decode_config, encode
 from core.payloads import encode_senml
+from simulators import physics
 from simulators.devices import KIND_METRICS, PRESENCE, Group
 from simulators.faults import Faults
 from simulators.gateways import Gateway, Inbound
+from simulators.meter_faults import MeterFaults, plan_meter_faults
 from simulators.scenario import Scenario
 from simulators.site_model import SiteModel
 from simulators.town import Town
@@ -99,6 +102,11 @@ class Fleet:
         self.faults = Faults(
             scenario.faults, self.groups, self.t0, self.days, self.rng, self.truth, self._send,
             self.root,
+        )  # fmt: skip
+        self.meter_plan = plan_meter_faults(town, self.t0, self.days)
+        self.meters = MeterFaults(
+            self.meter_plan, self.groups, self.where, self.truth, self._expected_wh,
+            scenario.faults.power_gap_s,
         )  # fmt: skip
         self._t = self.t0
         self.log: list[tuple[str, bytes]] | None = None  # set to a list to record what is sent
@@ -251,6 +259,50 @@ class Fleet:
         model = next(m for m in self.models if m.town.spec.site == group.site)
         return model, model.town.luminaires.index(group.ids[i])
 
+    def _expected_wh(self, key: tuple[int, int], until: float) -> float:
+        """The energy [Wh] device ``key`` should count from the start to ``until`` [s] by the
+        site's built-in lighting program and mean loads: what a rolling register is set below
+        its maximum, so that it wraps about then (configs, presence and weather move it)."""
+        group = self.groups[key[0]]
+        device = group.ids[key[1]]
+        model = next(m for m in self.models if m.town.spec.site == group.site)
+        town = model.town
+        n = max(1, math.ceil((until - self.t0) / 600.0))
+        hours = (until - self.t0) / 3600.0
+        if group.kind in ("luminaire", "cabinet_meter"):
+            mid = self.t0 + (np.arange(n) + 0.5) * (until - self.t0) / n
+            level = np.array([model.program_level(model.programs[0], float(t)) for t in mid])
+            if group.kind == "luminaire":
+                lamps = np.array([town.luminaires.index(device)])
+            else:
+                lamps = np.flatnonzero(model.cab_index == town.cabinets.index(device))
+            # As the physics: day burners stuck on, drift, failed lamps at standby.
+            on = np.where(
+                model.day_burner[lamps][None, :] & (level[:, None] == 0), 1.0, level[:, None]
+            )
+            power = luminaire_power_w(on, model.lum_nominal[lamps][None, :], model.lum_standby)
+            power = power * (1.0 + model.drift[lamps][None, :] * (mid[:, None] - self.t0) / 86400.0)
+            failed = mid[:, None] >= model.failed_at[lamps][None, :]
+            power = np.where(failed, model.lum_standby, power).sum(axis=1)
+            if group.kind == "cabinet_meter":
+                light = town.spec.lighting
+                power = power * (1.0 + light.line_loss_fraction) + light.cabinet_overhead_w
+            return float(power.mean()) * hours
+        if group.kind == "pump_meter":
+            water = town.spec.water
+            nd = len(town.dmas)
+            demand = np.bincount(model.cust_dma, weights=model.cust_base, minlength=nd)
+            outlet = np.array(town.dma_has_outlet, dtype=float)
+            background = water.background_leakage_m3h_per_km * water.mains_km_per_dma
+            inflow = float((demand * (1.0 + 0.5 * outlet) + background).sum())
+            return (inflow * water.pump_kwh_per_m3 * 1000.0 + 150.0) * hours
+        room = town.spec.server_room
+        it_kw = room.it_load_kw
+        if group.kind == "facility_meter":
+            it_kw += physics.cooling_power_kw(it_kw, room.outdoor_mean_c)
+            it_kw += physics.facility_overhead_kw(room.it_load_kw)
+        return it_kw * 1000.0 * hours
+
     def _publish_state(self, group: Group, i: int, error: str | None = None) -> None:
         state = DeviceState(online=True, config_version=group.config_version[i], config_error=error)
         group.gateway.send(group.state_topics[i], encode(state), retain=True)
@@ -286,7 +338,7 @@ class Fleet:
             truth.deliveries_stored += copies
 
     def _sample(self, t: float) -> None:
-        faults = self.faults
+        faults, meters = self.faults, self.meters
         for gi, group in enumerate(self.groups):
             due = np.nonzero(group.next_sample <= t)[0]
             if not len(due):
@@ -297,7 +349,8 @@ class Fleet:
                 key = (gi, i)
                 if faults.silent(key, t):
                     continue
-                if group.sample(i, t, faults.stamp(key, t), values):
+                shown = meters.reported(key, t, values)
+                if group.sample(i, t, faults.stamp(key, t), shown, meters.skip(key, t)):
                     self._flush(gi, i, t)
 
     # --- run -----------------------------------------------------------------------------------
@@ -328,6 +381,7 @@ class Fleet:
             for model in self.models:
                 model.step(t, dt)
             self.faults.inject(t)
+            self.meters.inject(t)
             self._sample(t)
             self.faults.release(t)
             if self.speed > 0:

@@ -173,6 +173,22 @@ class Faults(StrictModel):
     clock_skew_s: int = Field(-8 * 86400, description="beyond the ingest's window by default")
     clock_skew_duration_s: int = Field(3600, ge=60)
     unknown_devices: int = Field(1, ge=0)
+    # Faults of what meters report (simulators/meter_faults.py); the true energy is untouched.
+    counter_resets: int = Field(
+        0, ge=0, description="energy counters that restart from 0 at a random time"
+    )
+    counter_rollovers: int = Field(
+        0, ge=0, description="energy registers that start near counter_max_wh and wrap"
+    )
+    counter_max_wh: float = Field(
+        999_999_900.0, gt=0, description="maximum of a rolling register [Wh] (the modulus)"
+    )
+    meter_replacements: int = Field(
+        0, ge=0, description="meters replaced: a new index, 10-50 % of the old one"
+    )
+    spurious_zeros: int = Field(0, ge=0, description="single counter readings sent as 0")
+    power_gaps: int = Field(0, ge=0, description="devices silent on power for power_gap_s")
+    power_gap_s: int = Field(3 * 3600, ge=60)
 
 
 class Scenario(StrictModel):

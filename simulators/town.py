@@ -21,6 +21,7 @@ from core.inventory import (
     SITE_FILE_COLUMNS,
     write_inventory_csv,
 )
+from simulators.meter_faults import INVENTORY_COLUMNS, plan_meter_faults
 from simulators.scenario import Scenario, Site
 
 _METRES_PER_DEGREE_LAT = 111_320.0
@@ -177,11 +178,27 @@ def write_sites(town: Town, directory: Path) -> Path:
     return write_inventory_csv(directory / "sites.csv", rows, SITE_FILE_COLUMNS)
 
 
-def write_inventory(town: Town, directory: Path) -> tuple[Path, Path]:
+def write_inventory(
+    town: Town, directory: Path, *, start: float | None = None, days: float | None = None
+) -> tuple[Path, Path]:
     """Write ``dmas.csv`` and ``devices.csv`` (and ``devices.geojson``); return the CSV paths.
 
-    Import ``dmas.csv`` first: devices name their DMA.
+    Import ``dmas.csv`` first: devices name their DMA. When the scenario injects meter faults
+    (:mod:`simulators.meter_faults`), the devices file has two more columns (properties):
+    ``counter_max_wh`` of a rolling register, and ``replaced_at`` (ISO 8601 UTC) of a replaced
+    meter, which needs the run's ``start`` [s since epoch] (the fleet's ``start``; ``days``
+    defaults to the scenario's): without it, no ``replaced_at``.
     """
+    plan = plan_meter_faults(
+        town, 0.0 if start is None else start, town.scenario.days if days is None else days
+    )
+    declared = plan.inventory()
+    if start is None:
+        declared = {
+            k: {c: v for c, v in props.items() if c != "replaced_at"}
+            for k, props in declared.items()
+        }
+        declared = {k: v for k, v in declared.items() if v}
     dmas = [
         {
             "site": site.spec.site,
@@ -195,7 +212,13 @@ def write_inventory(town: Town, directory: Path) -> tuple[Path, Path]:
         for site in town.sites
         for dma in site.dmas
     ]
-    devices = [{k: v for k, v in asdict(d).items() if v not in ("", None)} for d in town.devices]
+    devices = [
+        {k: v for k, v in asdict(d).items() if v not in ("", None)}
+        | declared.get((d.site, d.device), {})
+        for d in town.devices
+    ]
+    used = {c for props in declared.values() for c in props}
+    columns = DEVICE_FILE_COLUMNS + tuple(c for c in INVENTORY_COLUMNS if c in used)
     features = [
         {
             "type": "Feature",
@@ -212,5 +235,5 @@ def write_inventory(town: Town, directory: Path) -> tuple[Path, Path]:
     )
     return (
         write_inventory_csv(directory / "dmas.csv", dmas, DMA_FILE_COLUMNS),
-        write_inventory_csv(directory / "devices.csv", devices, DEVICE_FILE_COLUMNS),
+        write_inventory_csv(directory / "devices.csv", devices, columns),
     )

@@ -6,7 +6,8 @@ reordered message counts once; readings stamped by a skewed clock are not counte
 copies sent of the messages with a reading to store (``deliveries_stored``: a duplicate counts
 twice, as in the ingest's count of messages per device and day), the
 rejections the ingest must record by reason (one per message and reason), the faults injected;
-events (lamp failures, day burners, power drift, customer leaks, dropouts, clock skews); leaks
+events (lamp failures, day burners, power drift, customer leaks, dropouts, clock skews,
+meter faults: counter resets and rollovers, replaced meters, spurious zeros, power gaps); leaks
 (start, end, flow over time, hourly); the true energy of every luminaire and meter [Wh] and the
 water balance of every DMA and the true consumption of every customer meter [m³] over the run.
 """

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import queue
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -20,8 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from app.embedded import Mosquitto
 from core.errors import ConfigError
-from core.inventory import import_inventory
+from core.inventory import DEVICE_FILE_COLUMNS, import_inventory
 from core.messages import LightingProgram
+from core.payloads import decode
 from ingest.service import IngestService
 from simulators import Fleet, build_town, load_scenario, packaged_scenario, physics, write_inventory
 from simulators.gateways import Gateway, Inbound
@@ -565,3 +568,195 @@ def test_households_draw_water_some_hours_only() -> None:
     # So over a day a household's index stands still for hours: only a leak keeps it moving.
     hours = [physics.household_use(rng, 1000, p) for p in [0.25] * 6 + [1.0] * 18]
     assert (np.stack(hours) == 0).any(axis=0).mean() > 0.99
+
+
+# --- meter faults: what counters report, not what is consumed ----------------------------------
+_QUIET = dict.fromkeys(
+    (
+        "malformed",
+        "duplicates",
+        "out_of_order",
+        "late",
+        "dropouts",
+        "clock_skew",
+        "unknown_devices",
+    ),
+    0,
+)
+_METER_FAULTS = {
+    "counter_resets": 1,
+    "counter_rollovers": 1,
+    "meter_replacements": 1,
+    "spurious_zeros": 1,
+    "power_gaps": 1,
+}
+
+
+def _series(log: list[tuple[str, bytes]], device: str, metric: str) -> list[tuple[float, float]]:
+    """(time, value in the canonical unit: Wh, W) of ``metric`` as ``device`` sent it."""
+    scale = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0}
+    out = []
+    for topic, payload in log:
+        if topic.endswith(f"/{device}/up"):
+            records, problems = decode(payload, device, 0.0)
+            assert not problems
+            out += [(r.time, r.value * scale[r.unit or ""]) for r in records if r.metric == metric]
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def meter_fault_runs() -> tuple[Fleet, Fleet]:
+    """Two days of the small town, with and without the meter faults (same seed)."""
+    fleets = []
+    for faults in ({}, _METER_FAULTS):
+        scenario = small_scenario("mtr/v1", **_QUIET, **faults)
+        fleet = Fleet(build_town(scenario, 4), "mqtt://127.0.0.1:1", days=2.0, start=1.767e9)
+        fleet.log = []
+        fleet.run()
+        fleets.append(fleet)
+    return fleets[0], fleets[1]
+
+
+def _device_rows(path: Path) -> dict[str, dict[str, str]]:
+    return {r["device"]: r for r in csv.DictReader(path.read_text().splitlines())}
+
+
+def _fault_event(fleet: Fleet, kind: str) -> dict[str, Any]:
+    events = [e for e in fleet.truth.events if e["kind"] == kind]
+    assert len(events) == 1
+    assert fleet.truth.faults[kind] == 1
+    return events[0]
+
+
+def _around(series: list[tuple[float, float]], at: float) -> tuple[int, int]:
+    """Index of the last reading before ``at`` and of the first at or after it."""
+    after = next(k for k, (t, _v) in enumerate(series) if t >= at)
+    assert after > 0
+    return after - 1, after
+
+
+def test_meter_faults_change_no_physics(meter_fault_runs: tuple[Fleet, Fleet]) -> None:
+    clean, faulty = meter_fault_runs
+    assert faulty.truth.energy_wh == clean.truth.energy_wh  # faults of the reporting only
+    assert faulty.truth.volume_m3 == clean.truth.volume_m3
+    touched = {e["device"] for e in faulty.truth.events if e["kind"] in _METER_EVENT_KINDS}
+    assert len(touched) == 5  # one device per fault
+    assert [m for m in faulty.log if m[0].split("/")[-2] not in touched] == [
+        m for m in clean.log if m[0].split("/")[-2] not in touched
+    ]
+    assert not any(e["kind"] in _METER_EVENT_KINDS for e in clean.truth.events)
+
+
+_METER_EVENT_KINDS = {
+    "counter_reset",
+    "counter_rollover",
+    "meter_replaced",
+    "spurious_zero",
+    "power_gap",
+}
+
+
+def test_meter_faults_are_deterministic() -> None:
+    scenario = small_scenario("mdet/v1", **_METER_FAULTS)
+    runs = []
+    for _ in range(2):
+        fleet = Fleet(build_town(scenario, 3), "mqtt://127.0.0.1:1", days=1.0, start=1.767e9)
+        fleet.log = []
+        truth = fleet.run()
+        runs.append((fleet.log, truth.events, truth.faults))
+    assert runs[0] == runs[1]
+    assert all(runs[0][2].get(k) == 1 for k in _METER_EVENT_KINDS)
+
+
+def test_a_counter_reset_restarts_the_index_from_zero(
+    meter_fault_runs: tuple[Fleet, Fleet],
+) -> None:
+    clean, faulty = meter_fault_runs
+    event = _fault_event(faulty, "counter_reset")
+    got = _series(faulty.log, event["device"], "energy")
+    ref = _series(clean.log, event["device"], "energy")
+    assert [t for t, _ in got] == [t for t, _ in ref]
+    before, after = _around(got, event["at"])
+    assert got[:after] == ref[:after]
+    assert 0.0 <= got[after][1] <= ref[after][1] - ref[before][1] + 0.01  # since the reset
+    assert_allclose(
+        np.diff([v for _, v in got[after:]]), np.diff([v for _, v in ref[after:]]), atol=0.02
+    )
+
+
+def test_a_register_rolls_over_at_its_maximum(
+    meter_fault_runs: tuple[Fleet, Fleet], tmp_path: Path
+) -> None:
+    clean, faulty = meter_fault_runs
+    event = _fault_event(faulty, "counter_rollover")
+    top = event["counter_max_wh"]
+    assert top == faulty.scenario.faults.counter_max_wh
+    got = _series(faulty.log, event["device"], "energy")
+    ref = _series(clean.log, event["device"], "energy")
+    before, after = _around(got, event["at"])
+    steps = np.diff([v for _, v in got])
+    assert [k for k, s in enumerate(steps) if s < 0] == [before]  # one wrap, at the event
+    assert got[before][1] > top - 1000.0
+    assert got[after][1] < 1000.0
+    assert got[0][1] > top * 0.5  # started near the maximum
+    assert_allclose(np.mod(steps, top), np.diff([v for _, v in ref]), atol=0.05)
+    _dmas, devices = write_inventory(faulty.town, tmp_path, start=faulty.t0, days=faulty.days)
+    rows = _device_rows(devices)
+    assert float(rows[event["device"]]["counter_max_wh"]) == top
+    assert sum(1 for r in rows.values() if r["counter_max_wh"]) == 1
+
+
+def test_a_replaced_meter_reports_a_new_index(
+    meter_fault_runs: tuple[Fleet, Fleet], tmp_path: Path
+) -> None:
+    clean, faulty = meter_fault_runs
+    event = _fault_event(faulty, "meter_replaced")
+    got = _series(faulty.log, event["device"], "energy")
+    ref = _series(clean.log, event["device"], "energy")
+    before, after = _around(got, event["at"])
+    assert got[:after] == ref[:after]
+    new = event["new_index_wh"]
+    assert 0.05 * got[before][1] < new < 0.6 * got[before][1]  # a drop, far from zero
+    assert new <= got[after][1] <= new + ref[after][1] - ref[before][1] + 0.01
+    assert_allclose(
+        np.diff([v for _, v in got[after:]]), np.diff([v for _, v in ref[after:]]), atol=0.02
+    )
+    _dmas, devices = write_inventory(faulty.town, tmp_path, start=faulty.t0, days=faulty.days)
+    rows = _device_rows(devices)
+    assert datetime.fromisoformat(rows[event["device"]]["replaced_at"]).timestamp() == event["at"]
+    assert sum(1 for r in rows.values() if r["replaced_at"]) == 1
+    # Without the run's start the instant is unknown: no replaced_at, the maximum stays.
+    _dmas, bare = write_inventory(faulty.town, tmp_path / "bare")
+    header = bare.read_text().splitlines()[0].split(",")
+    assert header == [*DEVICE_FILE_COLUMNS, "counter_max_wh"]
+    _dmas, plain = write_inventory(clean.town, tmp_path / "plain", start=clean.t0)
+    assert plain.read_text().splitlines()[0].split(",") == list(DEVICE_FILE_COLUMNS)
+
+
+def test_a_spurious_zero_is_one_reading(meter_fault_runs: tuple[Fleet, Fleet]) -> None:
+    clean, faulty = meter_fault_runs
+    event = _fault_event(faulty, "spurious_zero")
+    got = _series(faulty.log, event["device"], "energy")
+    ref = _series(clean.log, event["device"], "energy")
+    zeros = [k for k, (_t, v) in enumerate(got) if v == 0.0]
+    assert len(zeros) == 1
+    assert got[zeros[0]][0] == event["at"]
+    assert ref[zeros[0]][1] > 0
+    assert got[: zeros[0]] + got[zeros[0] + 1 :] == ref[: zeros[0]] + ref[zeros[0] + 1 :]
+
+
+def test_a_power_gap_silences_power_only(meter_fault_runs: tuple[Fleet, Fleet]) -> None:
+    clean, faulty = meter_fault_runs
+    event = _fault_event(faulty, "power_gap")
+    start, end = event["start"], event["end"]
+    assert end - start == faulty.scenario.faults.power_gap_s
+    device = event["device"]
+    power = _series(faulty.log, device, "power")
+    ref = _series(clean.log, device, "power")
+    assert not [t for t, _ in power if start <= t < end]
+    assert any(t < start for t, _ in power)
+    assert any(t >= end for t, _ in power)
+    assert power == [(t, v) for t, v in ref if not start <= t < end]
+    energy = _series(faulty.log, device, "energy")
+    assert energy == _series(clean.log, device, "energy")  # the counter goes on
+    assert any(start <= t < end for t, _ in energy)

@@ -13,7 +13,7 @@ CREATE TABLE energy_daily (
     rollovers      integer NOT NULL DEFAULT 0,
     replacements   integer NOT NULL DEFAULT 0,
     flagged        integer NOT NULL DEFAULT 0,  -- intervals or gaps counted as nothing
-    glitches       integer NOT NULL DEFAULT 0,  -- readings skipped (a spurious zero, a spike)
+    glitches       integer NOT NULL DEFAULT 0,  -- intervals across skipped readings (a spurious zero: 2)
     computed_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (device_id, day)
 );

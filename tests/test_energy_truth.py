@@ -1,0 +1,98 @@
+"""api.energy_daily against the simulator's ground truth: two local days of the small town with
+a counter reset, a rollover, a replaced meter and a spurious zero injected, its messages through
+the ingest's own pipeline and store (the backfill path), the rollup, then the energy stage; every
+metered device's two days within 1 % of its true energy, and each fault in the flags of the day
+it happened."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+
+from core import rollup
+from core.inventory import import_inventory
+from energy.config import EnergyConfig
+from energy.service import recompute
+from ingest.backfill import Backfill
+from ingest.pipeline import Pipeline
+from ingest.store import Store
+from simulators import Fleet, build_town, write_inventory, write_sites
+from tests.test_simulators import _METER_FAULTS, _QUIET, small_scenario
+
+pytestmark = pytest.mark.services
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def test_two_days_of_the_town_match_the_truth_with_every_counter_fault(
+    conn: psycopg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    root = f"e{uuid.uuid4().hex[:9]}/v1"
+    faults = {k: v for k, v in _METER_FAULTS.items() if k != "power_gaps"}
+    scenario = small_scenario(root, **_QUIET, **faults)
+    site = scenario.sites[0].site
+    # Two whole local days ending yesterday: inside the ingest's window of 7 days.
+    today = datetime.now(PARIS).date()
+    start = datetime.combine(today - timedelta(days=3), datetime.min.time(), PARIS).timestamp()
+    town = build_town(scenario, 4)
+    fleet = Fleet(town, "mqtt://127.0.0.1:1", days=2.0, start=start)
+    fleet.log = []
+    truth = fleet.run()
+    directory = tmp_path / "inventory"
+    import_inventory(conn, write_sites(town, directory))
+    for path in write_inventory(town, directory, start=start, days=2.0):
+        import_inventory(conn, path)
+    ids = dict(conn.execute("SELECT device, id FROM devices WHERE site = %s", (site,)).fetchall())
+    store = Store(db_url)
+    backfill = Backfill(store, Pipeline(lambda s, d: ids.get(d) if s == site else None, root))
+    received = time.time()
+    for topic, payload in fleet.log:
+        backfill.add(topic, payload, received)
+    backfill.flush()
+    store.close()
+    assert backfill.report.rejected == {}
+    with psycopg.connect(db_url, autocommit=True) as work:
+        rollup.refresh(work)
+    with psycopg.connect(db_url) as work:
+        recompute(work, EnergyConfig(), start + 3600, start + 2 * 86400 - 3600, site)
+
+    rows = conn.execute(
+        """SELECT device, day, kwh, resets, rollovers, replacements, glitches, source
+           FROM api.energy_daily WHERE site = %s ORDER BY device, day""",
+        (site,),
+    ).fetchall()
+    kwh: dict[str, float] = defaultdict(float)
+    events: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for device, _day, value, resets, rollovers, replacements, glitches, source in rows:
+        assert source == "counter"
+        kwh[device] += value
+        for name, n in (("counter_reset", resets), ("counter_rollover", rollovers),
+                        ("meter_replaced", replacements), ("spurious_zero", glitches)):  # fmt: skip
+            events[device][name] += n
+    metered = {k.split("/", 1)[1]: v / 1000.0 for k, v in truth.energy_wh.items()}
+    assert set(kwh) == {d for d in metered if d in ids}
+    for device, true_kwh in metered.items():
+        if device in kwh and true_kwh > 0.1:
+            assert kwh[device] == pytest.approx(true_kwh, rel=0.01), device
+    lamps = [d for d in kwh if d.startswith("lum-")]
+    assert sum(kwh[d] for d in lamps) == pytest.approx(sum(metered[d] for d in lamps), rel=0.01)
+    injected = {e["kind"]: e["device"] for e in truth.events if e["kind"] in faults_kinds()}
+    assert set(injected) == set(faults_kinds())
+    for kind, device in injected.items():
+        assert events[device][kind] >= 1, (kind, device, dict(events[device]))
+    for device, counts in events.items():
+        for kind in ("counter_reset", "counter_rollover", "meter_replaced"):
+            if injected.get(kind) != device:
+                assert counts[kind] == 0, (kind, device)
+
+
+def faults_kinds() -> tuple[str, ...]:
+    """The truth's event kinds of the counter faults this test injects."""
+    return ("counter_reset", "counter_rollover", "meter_replaced", "spurious_zero")
