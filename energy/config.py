@@ -3,7 +3,7 @@ in energy/README.md; every key with its default in ``sobriety.sample.toml``."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -34,6 +34,11 @@ class EnergyConfig(Section):
     )
     resolution_wh: float = Field(
         10.0, ge=0, description="a counter's step: a fall this small is noise [Wh]"
+    )
+    pue_category: Literal["PUE1", "PUE2", "PUE3"] = Field(
+        "PUE1",
+        description="ISO/IEC 30134-2 category: where the IT energy is measured (PUE1 UPS "
+        "output, PUE2 PDU output, PUE3 IT equipment input)",
     )
     chunk_devices: int = Field(
         500, ge=1, le=100_000, description="devices computed together (memory bound)"

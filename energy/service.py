@@ -99,6 +99,8 @@ def recompute(
     """Compute and store the local days from the one of ``since`` to the one of ``until`` [s]
     of every metered device (of ``site``), one transaction per chunk of devices."""
     report = RecomputeReport()
+    store.sync_settings(conn, config.pue_category)
+    conn.commit()
     for name, timezone in store.sites(conn, site):
         zone = ZoneInfo(timezone)
         first = datetime.fromtimestamp(since, zone).date()

@@ -28,6 +28,7 @@ __all__ = [
     "raw_counter",
     "save_days",
     "sites",
+    "sync_settings",
 ]
 
 
@@ -191,6 +192,15 @@ def save_days(
             rows,
         )
     return len(rows)
+
+
+def sync_settings(conn: psycopg.Connection, pue_category: str) -> None:
+    """Write the configured PUE category to ``energy_settings`` (the PUE views read it)."""
+    conn.execute(
+        """UPDATE energy_settings SET pue_category = %s, updated_at = now()
+           WHERE pue_category <> %s""",
+        (pue_category, pue_category),
+    )
 
 
 def replaced_instants(properties: dict[str, Any]) -> tuple[float, ...]:

@@ -92,6 +92,32 @@ def test_two_days_of_the_town_match_the_truth_with_every_counter_fault(
             if injected.get(kind) != device:
                 assert counts[kind] == 0, (kind, device)
 
+    # PUE: the server room's facility energy over its IT energy, against the truth's.
+    days = conn.execute(
+        """SELECT facility_kwh, it_kwh, pue, category FROM api.pue_daily WHERE site = %s
+           ORDER BY day""",
+        (site,),
+    ).fetchall()
+    assert len(days) == 2
+    assert {row[3] for row in days} == {"PUE1"}  # the default category, stated with each
+    assert all(row[2] == pytest.approx(row[0] / row[1]) for row in days)
+    true_pue = metered["facility-1"] / metered["it-1"]
+    assert sum(r[0] for r in days) / sum(r[1] for r in days) == pytest.approx(true_pue, rel=0.01)
+    months = conn.execute(
+        "SELECT facility_kwh, it_kwh, interim, category FROM api.pue_monthly WHERE site = %s",
+        (site,),
+    ).fetchall()
+    assert sum(m[0] for m in months) == pytest.approx(sum(r[0] for r in days))
+    assert all(m[2] for m in months)  # fewer than twelve months: interim
+    with psycopg.connect(db_url) as work:
+        recompute(work, EnergyConfig(pue_category="PUE2"), start + 3600, start + 3600, site)
+    category = conn.execute(
+        "SELECT DISTINCT category FROM api.pue_daily WHERE site = %s", (site,)
+    ).fetchall()
+    assert category == [("PUE2",)]
+    with psycopg.connect(db_url) as work:  # back to the default for the other tests
+        recompute(work, EnergyConfig(), start + 3600, start + 3600, site)
+
 
 def faults_kinds() -> tuple[str, ...]:
     """The truth's event kinds of the counter faults this test injects."""
