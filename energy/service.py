@@ -148,6 +148,7 @@ def _chunk(
         report.days_written += store.save_days(conn, dev.device_id, days, "counter", figures)
         report.devices += 1
         report.by_source["counter"] = report.by_source.get("counter", 0) + 1
+    _pumped(conn, config, [d for d in chunk if d.kind == "pump_meter"], edges, days, lo, hi)
     if powered:
         ids = [d.device_id for d in powered]
         samples = store.power_hours(conn, ids, lo, hi)
@@ -160,6 +161,42 @@ def _chunk(
             report.days_written += store.save_days(conn, dev.device_id, days, "power", figures)
             report.devices += 1
             report.by_source["power"] = report.by_source.get("power", 0) + 1
+
+
+VOLUME = CounterSettings(reset_tolerance_wh=0.01, resolution_wh=0.001)
+"""The counter rules for a pump's volume index [m³]: a fall to 10 L or less is a reset, a fall
+of 1 L or less is noise (the rules are unit-free: here their ``_wh`` are m³)."""
+
+
+def _pumped(
+    conn: psycopg.Connection,
+    config: EnergyConfig,
+    pumps: list[store.MeteredDevice],
+    edges: np.ndarray,
+    days: list[date],
+    lo: float,
+    hi: float,
+) -> None:
+    """The volume each pump moved per day, from its ``volume`` index (the counter rules)."""
+    if not pumps:
+        return
+    settings = CounterSettings(
+        reset_tolerance_wh=VOLUME.reset_tolerance_wh,
+        resolution_wh=VOLUME.resolution_wh,
+        glitch_readings=config.glitch_readings,
+    )
+    hours = store.counter_hours(conn, [p.device_id for p in pumps], lo, hi, metric="volume")
+    wanted = [
+        (device_id, float(hour))
+        for device_id, rows in hours.items()
+        for hour in rows.hour[anomalous_hours(rows, settings)].tolist()
+    ]
+    raw = store.raw_counter(conn, wanted, metric="volume")
+    for pump in pumps:
+        rows = hours.get(pump.device_id)
+        if rows is not None:
+            t, m3 = counter_series(rows, raw.get(pump.device_id, {}), settings)
+            store.save_volumes(conn, pump.device_id, days, counter_days(t, m3, edges, settings))
 
 
 class EnergyService:

@@ -27,6 +27,7 @@ __all__ = [
     "power_hours",
     "raw_counter",
     "save_days",
+    "save_volumes",
     "sites",
     "sync_settings",
 ]
@@ -86,17 +87,22 @@ def _epoch(column: str) -> str:
 
 
 def counter_hours(
-    conn: psycopg.Connection, device_ids: Sequence[int], since: float, until: float
+    conn: psycopg.Connection,
+    device_ids: Sequence[int],
+    since: float,
+    until: float,
+    metric: str = "energy",
 ) -> dict[int, CounterHours]:
-    """The ``energy`` rollup rows of each device in [since, until), by device id."""
+    """The rollup rows of a cumulative ``metric`` (``energy`` [Wh], ``volume`` [m³]) of each
+    device in [since, until), by device id."""
     rows = conn.execute(
         f"""SELECT device_id, {_epoch("hour")}, count, first, {_epoch("first_time")}, last,
                   {_epoch("last_time")}, min, max
            FROM readings_hourly
-           WHERE device_id = ANY(%s) AND metric_id = (SELECT id FROM metrics WHERE name = 'energy')
+           WHERE device_id = ANY(%s) AND metric_id = (SELECT id FROM metrics WHERE name = %s)
              AND hour >= %s AND hour < %s
            ORDER BY device_id, hour""",
-        (list(device_ids), utc(since), utc(until)),
+        (list(device_ids), metric, utc(since), utc(until)),
     ).fetchall()
     out: dict[int, CounterHours] = {}
     if not rows:
@@ -114,10 +120,10 @@ def counter_hours(
 
 
 def raw_counter(
-    conn: psycopg.Connection, wanted: Sequence[tuple[int, float]]
+    conn: psycopg.Connection, wanted: Sequence[tuple[int, float]], metric: str = "energy"
 ) -> dict[int, dict[float, tuple[np.ndarray, np.ndarray]]]:
-    """The raw ``energy`` readings of the (device id, hour [s]) asked: device → hour →
-    (times [s], values [Wh])."""
+    """The raw readings of a cumulative ``metric`` for the (device id, hour [s]) asked:
+    device → hour → (times [s], values)."""
     out: dict[int, dict[float, tuple[np.ndarray, np.ndarray]]] = {}
     if not wanted:
         return out
@@ -126,9 +132,9 @@ def raw_counter(
            FROM unnest(%s::integer[], %s::float8[]) AS u (device_id, h)
            JOIN readings r ON r.device_id = u.device_id
                AND r.time >= to_timestamp(u.h) AND r.time < to_timestamp(u.h + 3600)
-           WHERE r.metric_id = (SELECT id FROM metrics WHERE name = 'energy')
+           WHERE r.metric_id = (SELECT id FROM metrics WHERE name = %s)
            ORDER BY 1, 2, 3""",
-        ([d for d, _ in wanted], [h for _, h in wanted]),
+        ([d for d, _ in wanted], [h for _, h in wanted], metric),
     ).fetchall()
     grouped: dict[tuple[int, float], tuple[list[float], list[float]]] = {}
     for device_id, hour, t, value in rows:
@@ -189,6 +195,28 @@ def save_days(
                    rollovers = EXCLUDED.rollovers, replacements = EXCLUDED.replacements,
                    flagged = EXCLUDED.flagged, glitches = EXCLUDED.glitches,
                    computed_at = now()""",
+            rows,
+        )
+    return len(rows)
+
+
+def save_volumes(
+    conn: psycopg.Connection, device_id: int, days: Sequence[date], figures: DayFigures
+) -> int:
+    """Upsert a pump's volume per day (``figures.kwh`` holds m³ here: the counter rules are
+    unit-free) into ``pumping_volume_daily``; rows written."""
+    rows = [
+        (device_id, day, float(figures.kwh[i]) * 1000.0, bool(figures.complete[i]),
+         float(figures.missing_hours[i]))
+        for i, day in enumerate(days)
+    ]  # fmt: skip
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO pumping_volume_daily AS p (device_id, day, m3, complete, missing_hours)
+               VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (device_id, day) DO UPDATE
+               SET m3 = EXCLUDED.m3, complete = EXCLUDED.complete,
+                   missing_hours = EXCLUDED.missing_hours, computed_at = now()""",
             rows,
         )
     return len(rows)

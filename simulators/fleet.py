@@ -422,6 +422,7 @@ class Fleet:
                 truth.energy_wh[f"{site}/{dev}"] = wh
             if town.spec.water.pumping_station and town.dmas:
                 truth.energy_wh[f"{site}/pump-1"] = model.pump_energy_true
+                truth.volume_m3[f"{site}/pump-1"] = model.pump_volume_true
             if town.spec.server_room.enabled:
                 truth.energy_wh[f"{site}/facility-1"] = model.facility_energy_true
                 truth.energy_wh[f"{site}/it-1"] = model.it_energy_true

@@ -130,6 +130,7 @@ class SiteModel:
         self.pump_energy = float(rng.uniform(1e6, 1e7))
         self.pump_energy_true = 0.0
         self.pump_volume = float(rng.uniform(1e5, 1e6))
+        self.pump_volume_true = 0.0
         # Server room.
         room = spec.server_room
         self.room = room
@@ -276,6 +277,7 @@ class SiteModel:
             self.pump_energy += self.pump_power * h
             self.pump_energy_true += self.pump_power * h
             self.pump_volume += self.pump_flow * h
+            self.pump_volume_true += self.pump_flow * h
 
     # --- server room ----------------------------------------------------------------------------
     def _step_server_room(self, t: float, dt: float) -> None:

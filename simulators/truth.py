@@ -9,7 +9,8 @@ rejections the ingest must record by reason (one per message and reason), the fa
 events (lamp failures, day burners, power drift, customer leaks, dropouts, clock skews,
 meter faults: counter resets and rollovers, replaced meters, spurious zeros, power gaps); leaks
 (start, end, flow over time, hourly); the true energy of every luminaire and meter [Wh] and the
-water balance of every DMA and the true consumption of every customer meter [m³] over the run.
+water balance of every DMA, the true consumption of every customer meter and the volume the
+pump moved [m³] over the run.
 """
 
 from __future__ import annotations

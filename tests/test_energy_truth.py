@@ -118,6 +118,18 @@ def test_two_days_of_the_town_match_the_truth_with_every_counter_fault(
     with psycopg.connect(db_url) as work:  # back to the default for the other tests
         recompute(work, EnergyConfig(), start + 3600, start + 3600, site)
 
+    # Pumping: the pump's volume index per day, its kWh per m³ against the truth's.
+    pumped = conn.execute(
+        "SELECT kwh, m3, kwh_per_m3 FROM api.pumping_daily WHERE site = %s ORDER BY day", (site,)
+    ).fetchall()
+    assert len(pumped) == 2
+    assert all(row[2] == pytest.approx(row[0] / row[1]) for row in pumped)
+    true_m3 = truth.volume_m3[f"{site}/pump-1"]
+    assert sum(r[1] for r in pumped) == pytest.approx(true_m3, rel=0.01)
+    assert sum(r[0] for r in pumped) / sum(r[1] for r in pumped) == pytest.approx(
+        metered["pump-1"] / true_m3, rel=0.01
+    )
+
 
 def faults_kinds() -> tuple[str, ...]:
     """The truth's event kinds of the counter faults this test injects."""
