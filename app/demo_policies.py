@@ -280,14 +280,15 @@ def render_policies(found: PolicyFindings) -> list[str]:
     report = found.published
     programs = ", ".join(f"{name} ({n} luminaires)" for name, n in sorted(report.programs.items()))
     lines = [
-        f"policies: {found.source}; {report.published} configs published (retained, version "
+        f"Politiques / policies: {found.source}; {report.published} configs published "
+        "(retained, version "
         f"per content), {report.escalated} sensors escalated",
-        f"  programs in force: {programs or 'none'}",
-        f"  devices running their config: {found.applied} of {report.devices} "
+        f"  programmes en vigueur / programs in force: {programs or 'none'}",
+        f"  appliqués / devices running their config: {found.applied} of {report.devices} "
         f"(the simulation: {found.applied_truth})",
     ]
     if found.refused:
-        lines.append(f"  refused: {'; '.join(found.refused[:5])}")
+        lines.append(f"  refusés / refused: {'; '.join(found.refused[:5])}")
     if found.baseline_messages and found.reporting_days:
         saved = 1 - found.messages / found.baseline_messages
         lines.append(
@@ -300,7 +301,8 @@ def render_policies(found: PolicyFindings) -> list[str]:
     if found.nights and found.baseline_kwh > 0:
         saved_kwh = found.baseline_kwh - found.kwh
         lines.append(
-            f"  expected lighting energy over the nights of {found.nights[0]} to "
+            "  énergie attendue / expected lighting energy over the nights of "
+            f"{found.nights[0]} to "
             f"{found.nights[1]}: {found.kwh:.1f} kWh against {found.baseline_kwh:.1f} kWh "
             f"without dimming — {saved_kwh:.1f} kWh ({saved_kwh / found.baseline_kwh:.0%}) "
             "saved (sobriety policies simulate)"
@@ -308,7 +310,8 @@ def render_policies(found: PolicyFindings) -> list[str]:
         if found.cabinet_kwh is not None and found.measured_kwh:
             gap = found.measured_kwh / found.cabinet_kwh - 1
             lines.append(
-                f"  at the cabinet meters over those nights (noon to noon, within the run): "
+                "  armoires / at the cabinet meters over those nights (noon to noon, within the "
+                "run): "
                 f"{found.measured_kwh:.1f} kWh measured, {found.cabinet_kwh:.1f} kWh expected "
                 f"({gap:+.1%}: presence boosts and the simulated lamp faults are not in the "
                 "programs)"
@@ -317,7 +320,7 @@ def render_policies(found: PolicyFindings) -> list[str]:
     if after is not None:
         dmas = ", ".join(found.leak_dmas) or "none"
         lines.append(
-            f"  after the leak scan: DMAs with an active leak alert: {dmas}; "
+            f"  après la détection / after the leak scan: DMAs with an active leak alert: {dmas}; "
             f"{after.escalated} sensors escalated, {after.published} configs published"
         )
     return lines

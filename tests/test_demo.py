@@ -505,7 +505,7 @@ def test_the_demo_publishes_policies_that_the_town_follows(
     # Only the sensors whose escalated rate differs from their usual one got a new version.
     assert escalated is not None
     assert 0 < escalated[0] <= found.after_scan.published
-    assert "programs in force: residential (" in out
+    assert "programmes en vigueur / programs in force: residential (" in out
     assert re.search(r"devices running their config: (\d+) of \1 \(the simulation: \1\)", out)
     assert "saved by batching and rates" in out
     assert re.search(r"at the cabinet meters over those nights .* kWh measured", out)
