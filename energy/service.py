@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,8 +33,16 @@ from core import rollup
 from core.db import connect
 from energy import store
 from energy.config import EnergyConfig
-from energy.daily import CounterSettings, anomalous_hours, counter_days, counter_series, power_days
+from energy.daily import (
+    CounterSettings,
+    DayFigures,
+    anomalous_hours,
+    counter_days,
+    counter_series,
+    power_days,
+)
 from energy.integrate import day_edges, hold_seconds
+from energy.lighting import dim_series, lit_hours, mixed_hours
 
 __all__ = ["EnergyService", "RecomputeReport", "recompute"]
 
@@ -50,6 +59,7 @@ class RecomputeReport:
     sites: int = 0
     devices: int = 0
     days_written: int = 0
+    nights_written: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
 
 
@@ -75,12 +85,12 @@ def _settings(dev: store.MeteredDevice, config: EnergyConfig) -> CounterSettings
     )
 
 
-def _hold(dev: store.MeteredDevice, config: EnergyConfig) -> float:
+def _hold(dev: store.MeteredDevice, config: EnergyConfig, metric: str = "power") -> float:
     reporting = dev.reporting
     if not reporting:
         return config.default_hold_s
     interval = float(reporting.get("interval_s", 600))
-    by_exception = "power" in (reporting.get("deadband") or {})
+    by_exception = metric in (reporting.get("deadband") or {})
     silence = float(reporting.get("max_silence_s", 3600)) if by_exception else None
     return hold_seconds(interval, silence)
 
@@ -108,27 +118,37 @@ def recompute(
         count = (last - first).days + 1
         edges = day_edges(first, count, zone)
         days = _days(first, count)
+        nights = _days(first - timedelta(days=1), count + 1)  # those that touch the days
+        night_edges = np.array(
+            [datetime.combine(n, dtime(12), zone).timestamp() for n in nights]
+            + [datetime.combine(last + timedelta(days=1), dtime(12), zone).timestamp()]
+        )
         lo, hi = edges[0] - MARGIN_S, edges[-1] + MARGIN_S
         devices = store.metered_devices(conn, name, lo, hi)
         conn.commit()
         report.sites += 1
         for start in range(0, len(devices), config.chunk_devices):
             chunk = devices[start : start + config.chunk_devices]
-            _chunk(conn, config, chunk, edges, days, lo, hi, report)
+            _chunk(conn, config, chunk, (edges, days), (night_edges, nights), lo, hi, report)
             conn.commit()
     return report
+
+
+Bins = tuple[np.ndarray, list[date]]
+"""Edges [s] and the date of each bin: local days (midnights), or nights (local noons)."""
 
 
 def _chunk(
     conn: psycopg.Connection,
     config: EnergyConfig,
     chunk: list[store.MeteredDevice],
-    edges: np.ndarray,
-    days: list[date],
+    by_day: Bins,
+    by_night: Bins,
     lo: float,
     hi: float,
     report: RecomputeReport,
 ) -> None:
+    edges, days = by_day
     counters = [d for d in chunk if d.has_energy]
     powered = [d for d in chunk if not d.has_energy]
     hours = store.counter_hours(conn, [d.device_id for d in counters], lo, hi)
@@ -139,12 +159,15 @@ def _chunk(
         for hour in rows.hour[anomalous_hours(rows, settings[device_id])].tolist()
     ]
     raw = store.raw_counter(conn, wanted)
+    kwh_by_night: dict[int, DayFigures] = {}
     for dev in counters:
         rows = hours.get(dev.device_id)
         if rows is None:
             continue
         t, wh = counter_series(rows, raw.get(dev.device_id, {}), settings[dev.device_id])
         figures = counter_days(t, wh, edges, settings[dev.device_id])
+        if dev.kind == "luminaire":
+            kwh_by_night[dev.device_id] = counter_days(t, wh, by_night[0], settings[dev.device_id])
         report.days_written += store.save_days(conn, dev.device_id, days, "counter", figures)
         report.devices += 1
         report.by_source["counter"] = report.by_source.get("counter", 0) + 1
@@ -161,6 +184,56 @@ def _chunk(
             report.days_written += store.save_days(conn, dev.device_id, days, "power", figures)
             report.devices += 1
             report.by_source["power"] = report.by_source.get("power", 0) + 1
+        lamps = [k for k, d in enumerate(powered) if d.kind == "luminaire"]
+        if lamps:
+            nightly = power_days(
+                samples, len(ids), [_hold(d, config) for d in powered], by_night[0]
+            )
+            for k in lamps:
+                kwh_by_night[powered[k].device_id] = nightly[k]
+    _nights(conn, config, [d for d in chunk if d.kind == "luminaire"], kwh_by_night, by_night,
+            lo, hi, report)  # fmt: skip
+
+
+def _nights(
+    conn: psycopg.Connection,
+    config: EnergyConfig,
+    lamps: list[store.MeteredDevice],
+    kwh_by_night: dict[int, DayFigures],
+    by_night: Bins,
+    lo: float,
+    hi: float,
+    report: RecomputeReport,
+) -> None:
+    """Each luminaire's nights: its energy, the hours its ``dim`` telemetry says it was lit,
+    the baseline (nominal power × those hours)."""
+    lamps = [d for d in lamps if d.device_id in kwh_by_night]
+    if not lamps:
+        return
+    edges, nights = by_night
+    hours = store.counter_hours(conn, [d.device_id for d in lamps], lo, hi, metric="dim")
+    wanted = [
+        (device_id, float(hour))
+        for device_id, rows in hours.items()
+        for hour in rows.hour[mixed_hours(rows)].tolist()
+    ]
+    raw = store.raw_counter(conn, wanted, metric="dim")
+    for dev in lamps:
+        energy = kwh_by_night[dev.device_id]
+        rows = hours.get(dev.device_id)
+        if rows is None:  # no dim telemetry: lit hours unknown
+            lit = np.zeros(len(nights))
+            lit_ok = np.zeros(len(nights), dtype=bool)
+        else:
+            t, level = dim_series(rows, raw.get(dev.device_id, {}))
+            found = lit_hours(t, level, _hold(dev, config, "dim"), edges)
+            lit, lit_ok = found.wh, found.complete
+        nominal = dev.nominal_power_w
+        baseline = [None if nominal is None else nominal * h / 1000.0 for h in lit.tolist()]
+        report.nights_written += store.save_nights(
+            conn, dev.device_id, nights, energy.kwh.tolist(), lit.tolist(), baseline,
+            (energy.complete & lit_ok).tolist(),
+        )  # fmt: skip
 
 
 VOLUME = CounterSettings(reset_tolerance_wh=0.01, resolution_wh=0.001)

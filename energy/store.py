@@ -27,6 +27,7 @@ __all__ = [
     "power_hours",
     "raw_counter",
     "save_days",
+    "save_nights",
     "save_volumes",
     "sites",
     "sync_settings",
@@ -217,6 +218,36 @@ def save_volumes(
                ON CONFLICT (device_id, day) DO UPDATE
                SET m3 = EXCLUDED.m3, complete = EXCLUDED.complete,
                    missing_hours = EXCLUDED.missing_hours, computed_at = now()""",
+            rows,
+        )
+    return len(rows)
+
+
+def save_nights(
+    conn: psycopg.Connection,
+    device_id: int,
+    nights: Sequence[date],
+    kwh: Sequence[float],
+    lit_hours: Sequence[float],
+    baseline_kwh: Sequence[float | None],
+    complete: Sequence[bool],
+) -> int:
+    """Upsert a luminaire's nights into ``luminaire_nights``; rows written."""
+    rows = [
+        (device_id, night, float(kwh[i]), float(lit_hours[i]),
+         None if baseline_kwh[i] is None else float(baseline_kwh[i]),  # type: ignore[arg-type]
+         bool(complete[i]))
+        for i, night in enumerate(nights)
+    ]  # fmt: skip
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO luminaire_nights AS n (device_id, night, kwh, lit_hours,
+                   baseline_kwh, complete)
+               VALUES (%s, %s, %s, %s, %s, %s)
+               ON CONFLICT (device_id, night) DO UPDATE
+               SET kwh = EXCLUDED.kwh, lit_hours = EXCLUDED.lit_hours,
+                   baseline_kwh = EXCLUDED.baseline_kwh, complete = EXCLUDED.complete,
+                   computed_at = now()""",
             rows,
         )
     return len(rows)

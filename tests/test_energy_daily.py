@@ -249,3 +249,35 @@ def test_the_energy_service_keeps_the_recent_days(
     ).fetchone()
     assert total is not None
     assert total[0] == pytest.approx(5.0)
+
+
+def test_lit_hours_from_the_dim_rollup() -> None:
+    import numpy as np
+
+    from energy.lighting import dim_series, lit_hours, mixed_hours
+
+    # 18:00 off (6 samples), 19:00 switching on at 19:30 (raw), 20:00-22:00 lit at 70 % then 40 %.
+    base = 18 * 3600.0
+    rows = [(base, 6, 0, base, 0, base + 3000, 0, 0)]
+    rows.append((base + 3600, 6, 0, base + 3600, 70, base + 6600, 0, 70))
+    for h in (2, 3):
+        level = 70 if h == 2 else 40
+        rows.append(
+            (base + h * 3600, 6, level, base + h * 3600, level, base + h * 3600 + 3000, level,
+             level)
+        )  # fmt: skip
+    hours = _hours(rows)
+    assert mixed_hours(hours).tolist() == [False, True, False, False]
+    raw_t = base + 3600 + np.arange(6) * 600.0
+    raw = {base + 3600: (raw_t, np.array([0, 0, 0, 70, 70, 70], dtype=float))}
+    t, level = dim_series(hours, raw)
+    assert len(t) == 24
+    assert np.all(np.diff(t) == 600.0)  # the uniform hours' samples evenly spaced
+    found = lit_hours(t, level, 900.0, np.array([base, base + 4 * 3600]))
+    # Lit from 19:30 (the first sample above 0) to the end of the bin at 22:00 (the last
+    # sample, 21:50, holds 15 min: past the bin); off 18:00-19:30 counts nothing.
+    assert found.wh[0] == pytest.approx(2.5)
+    assert found.complete[0]
+    shorter = lit_hours(t, level, 900.0, np.array([base, base + 4 * 3600 + 1800]))
+    assert shorter.wh[0] == pytest.approx(2.5 + 5 / 60)  # the hold ends at 22:05
+    assert not shorter.complete[0]  # 22:05-22:30 not covered

@@ -24,6 +24,7 @@ from ingest.backfill import Backfill
 from ingest.pipeline import Pipeline
 from ingest.store import Store
 from simulators import Fleet, build_town, write_inventory, write_sites
+from simulators.scenario import Scenario
 from tests.test_simulators import _METER_FAULTS, _QUIET, small_scenario
 
 pytestmark = pytest.mark.services
@@ -129,6 +130,54 @@ def test_two_days_of_the_town_match_the_truth_with_every_counter_fault(
     assert sum(r[0] for r in pumped) / sum(r[1] for r in pumped) == pytest.approx(
         metered["pump-1"] / true_m3, rel=0.01
     )
+
+    # Lighting per night: the night of the first evening, wholly inside the run. The hours lit
+    # from each luminaire's dim telemetry against its program's schedule (within one sampling
+    # interval: the telemetry cannot say better), the baseline nominal power times those hours.
+    from core.lighting import night_schedule, sun_times
+
+    spec = scenario.sites[0]
+    night = datetime.fromtimestamp(start, PARIS).date()
+    sun = sun_times(spec.lat, spec.lon, night, PARIS)
+    plan = night_schedule(spec.lighting.program, night, PARIS, sun)
+    assert plan.on is not None
+    assert plan.off is not None
+    scheduled_h = (plan.off - plan.on) / 3600.0
+    faulted = {e["device"] for e in truth.events if e["kind"] in ("day_burner", "lamp_failure")}
+    lamps_n = conn.execute(
+        """SELECT d.device, n.kwh, n.lit_hours, n.baseline_kwh, d.nominal_power_w
+           FROM luminaire_nights n JOIN devices d ON d.id = n.device_id
+           WHERE d.site = %s AND n.night = %s""",
+        (site, night),
+    ).fetchall()
+    assert len(lamps_n) == len(lamps)
+    interval_h = scenario_interval_s(scenario, "luminaire") / 3600.0
+    for device, night_kwh, lit, baseline, nominal in lamps_n:
+        assert baseline == pytest.approx(nominal * lit / 1000.0)
+        assert 0 < night_kwh <= baseline * 1.001 or device in faulted
+        if device not in faulted:
+            assert abs(lit - scheduled_h) <= interval_h, (device, lit, scheduled_h)
+    group = conn.execute(
+        """SELECT sum(luminaires), sum(kwh), sum(baseline_kwh), sum(saved_kwh)
+           FROM api.lighting_nights WHERE site = %s AND night = %s""",
+        (site, night),
+    ).fetchone()
+    assert group is not None
+    assert group[0] == len(lamps)
+    assert group[1] == pytest.approx(sum(r[1] for r in lamps_n))
+    assert group[3] == pytest.approx(group[2] - group[1])
+    every_night = conn.execute(
+        """SELECT sum(n.kwh) FROM luminaire_nights n JOIN devices d ON d.id = n.device_id
+           WHERE d.site = %s""",
+        (site,),
+    ).fetchone()
+    assert every_night is not None
+    assert every_night[0] == pytest.approx(sum(kwh[d] for d in lamps), rel=1e-6)  # same energy
+
+
+def scenario_interval_s(scenario: Scenario, kind: str) -> float:
+    """The sampling interval of a kind's devices in a scenario (their built-in reporting)."""
+    return float(scenario.reporting[kind].interval_s)
 
 
 def faults_kinds() -> tuple[str, ...]:
