@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -67,16 +68,11 @@ def cmd_energy(args: argparse.Namespace, config: Config) -> int:
                 f"({sources or 'none'}): {report.days_written} device-days written"
             )
         return 0
-    from prometheus_client import CollectorRegistry, start_http_server
-
-    from app.services import install_signals
+    from app.services import serve_stage
     from energy.service import EnergyService
 
-    registry = CollectorRegistry()
-    service = EnergyService(config.db_conninfo(), config.section(EnergyConfig), registry)
-    port = args.metrics_port if args.metrics_port is not None else config.metrics.port
-    if port:
-        start_http_server(port, config.metrics.host, registry=registry)
-    install_signals(service.stop)
-    service.run()
-    return 0
+    def build(registry: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+        service = EnergyService(config.db_conninfo(), config.section(EnergyConfig), registry)
+        return service.run, service.stop
+
+    return serve_stage(args, config, build)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeAlias
+from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -110,19 +111,14 @@ def cmd_device_action(args: argparse.Namespace, config: Config) -> int:
 
 
 def _run_service(args: argparse.Namespace, config: Config) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
-
-    from app.services import install_signals
+    from app.services import serve_stage
     from policies.service import PoliciesService
 
-    registry = CollectorRegistry()
-    service = PoliciesService(config, registry)
-    port = args.metrics_port if args.metrics_port is not None else config.metrics.port
-    if port:
-        start_http_server(port, config.metrics.host, registry=registry)
-    install_signals(service.stopping.set)
-    service.run()
-    return 0
+    def build(registry: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+        service = PoliciesService(config, registry)
+        return service.run, service.stopping.set
+
+    return serve_stage(args, config, build)
 
 
 def _publish(args: argparse.Namespace, config: Config) -> int:

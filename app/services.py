@@ -30,6 +30,26 @@ def install_signals(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def serve_stage(
+    args: argparse.Namespace,
+    config: Config,
+    build: Callable[[Any], tuple[Callable[[], None], Callable[[], None]]],
+) -> int:
+    """Run a stage's periodic service until SIGTERM or Ctrl-C: ``build(registry)`` makes it
+    and returns its (run, stop); its metrics on ``--metrics-port`` (else ``metrics.port``; 0:
+    none)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    run, stop = build(registry)
+    port = args.metrics_port if args.metrics_port is not None else config.metrics.port
+    if port:
+        start_http_server(port, config.metrics.host, registry=registry)
+    install_signals(stop)
+    run()
+    return 0
+
+
 def main_argv() -> list[str]:
     """This process's command line, to start ingest workers (``--worker i``) with."""
     return [sys.executable, "-m", "app.cli", *sys.argv[1:]]

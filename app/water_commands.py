@@ -4,19 +4,18 @@ and ``alerts`` (``list``, ``ack``, ``resolve``). Each returns the exit code."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from anomaly.config import AnomalyConfig
 from app.data_commands import write_json
-from app.services import install_signals
+from app.services import serve_stage
 from core.config import Config
 
 
 def cmd_anomaly(args: argparse.Namespace, config: Config) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
-
     from anomaly.service import AnomalyService, Scanner
     from core.db import connect
 
@@ -62,14 +61,12 @@ def cmd_anomaly(args: argparse.Namespace, config: Config) -> int:
             if report.meters_backwards:
                 print(f"meters whose index went backwards: {', '.join(report.meters_backwards)}")
         return 0
-    registry = CollectorRegistry()
-    service = AnomalyService(config.db_conninfo(), config.section(AnomalyConfig), registry)
-    port = args.metrics_port if args.metrics_port is not None else config.metrics.port
-    if port:
-        start_http_server(port, config.metrics.host, registry=registry)
-    install_signals(service.stop)
-    service.run()
-    return 0
+
+    def build(registry: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+        service = AnomalyService(config.db_conninfo(), config.section(AnomalyConfig), registry)
+        return service.run, service.stop
+
+    return serve_stage(args, config, build)
 
 
 def cmd_alerts(args: argparse.Namespace, config: Config) -> int:
