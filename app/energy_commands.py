@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from app.energy_factors import FACTORS_COMMANDS, add_factors_parser, cmd_factors
 from core.config import Config
 from core.db import connect
 
@@ -39,12 +40,15 @@ def add_energy_parser(sub: Any, period: Any, site: Any, fmt: Any, port: Any) -> 
     period(again)
     site(again)
     fmt(again)
+    add_factors_parser(actions, period, site, fmt)
 
 
 def cmd_energy(args: argparse.Namespace, config: Config) -> int:
     """Run the service or ``recompute``."""
     from energy.config import EnergyConfig
 
+    if args.energy_command in FACTORS_COMMANDS:
+        return cmd_factors(args, config)
     if args.energy_command == "recompute":
         from core import rollup
         from energy.service import recompute

@@ -46,8 +46,23 @@ def serve_stage(
     if port:
         start_http_server(port, config.metrics.host, registry=registry)
     install_signals(stop)
-    run()
+    stop_meter = _own_meter(config, args.command)
+    try:
+        run()
+    finally:
+        stop_meter()
     return 0
+
+
+def _own_meter(config: Config, role: str, include_children: bool = True) -> Callable[[], None]:
+    """Start this process's own CPU and energy meter (app/own_meter.py); returns its stop."""
+    from app.own_meter import start_own_meter
+    from energy.config import EnergyConfig
+
+    return start_own_meter(
+        config.db_conninfo(), config.section(EnergyConfig), role,
+        include_children=include_children,
+    )  # fmt: skip
 
 
 def main_argv() -> list[str]:
@@ -56,14 +71,27 @@ def main_argv() -> list[str]:
 
 
 def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
-    from ingest.service import IngestService
-    from ingest.workers import retire_session, retire_stale_sessions, run_workers, worker_config
+    from ingest.workers import retire_session, worker_config
 
     if args.validate_config:
         print(orjson.dumps(config.dump(), option=orjson.OPT_INDENT_2).decode())
         return 0
     if args.retire_session:
         return retire_session(worker_config(config, None, args.retire_session))
+    # The supervisor of --workers N does not count its reaped children: they meter themselves.
+    supervisor = args.worker is None and config.section(IngestConfig).workers > 1
+    role = args.command if args.worker is None else f"{args.command}-worker"
+    stop_meter = _own_meter(config, role, include_children=not supervisor)
+    try:
+        return _serve_ingest(args, config)
+    finally:
+        stop_meter()
+
+
+def _serve_ingest(args: argparse.Namespace, config: Config) -> int:
+    from ingest.service import IngestService
+    from ingest.workers import retire_stale_sessions, run_workers, worker_config
+
     registry = None
     if args.command == "run" and args.worker is None:
         registry = _start_stages(config)

@@ -13,7 +13,9 @@ compliance report reads, ``cct_k`` (colour temperature [K], 1000-10000), ``usage
 (:data:`LUMINAIRE_USAGES`) and ``closing_time`` (local ``HH:MM``, the end of a park's opening),
 and the meter properties energy accounting reads, ``counter_max_wh`` (where the energy register
 wraps [Wh]), ``max_power_w`` (the most the device draws [W]) and ``replaced_at`` (when its
-meter was replaced, ISO 8601 with an offset; stored in UTC).
+meter was replaced, ISO 8601 with an offset; stored in UTC), and ``cabinet`` of a luminaire
+(the ``cabinet_meter`` device of the same site whose meter feeds it: in the file or already
+registered).
 Every error names the file, the line (the feature number for GeoJSON) and the column; nothing
 is written unless the whole file is valid.
 :func:`write_inventory_csv` writes the files this import reads (the simulators use it).
@@ -119,6 +121,12 @@ def _watts(value: str) -> str:
     return f"{_number(0, 1e8)(value):.15g}"
 
 
+def _device_ref(value: str) -> str:
+    if not valid_segment(value):
+        raise ValueError("a device id (1-64 of A-Za-z0-9_.-)")
+    return value
+
+
 def _instant(value: str) -> str:
     expected = "an instant in ISO 8601 with a UTC offset, e.g. 2026-11-03T10:00:00+01:00"
     try:
@@ -137,6 +145,7 @@ _DEVICE_PROPERTIES: dict[str, _Parser] = {
     "counter_max_wh": _wh,  # where the energy register wraps [Wh]
     "max_power_w": _watts,  # the most the device can draw [W]: a larger counter step is absurd
     "replaced_at": _instant,  # when its meter was replaced (stored in UTC)
+    "cabinet": _device_ref,  # the cabinet_meter of the same site that feeds a luminaire
 }
 """Typed properties of a devices file: validated like the typed columns, but stored (as their
 canonical text) in ``devices.properties`` like any other extra column."""
@@ -361,6 +370,7 @@ def import_inventory(conn: psycopg.Connection, path: Path) -> ImportResult:
                 result.sites_created.append(site)
         if table == "devices":
             _check_dmas_exist(conn, path, records, rows)
+            _check_cabinets_exist(conn, records, rows)
             _upsert(conn, "devices", ("site", "device"), records, result)
         else:
             _upsert(conn, "dmas", ("site", "dma"), records, result)
@@ -447,6 +457,33 @@ def _check_dmas_exist(
             raise InventoryError(
                 f"{where}, column dma: DMA {rec['dma']!r} of site {rec['site']!r} is not "
                 "registered: import the DMA file first"
+            )
+
+
+def _check_cabinets_exist(
+    conn: psycopg.Connection,
+    records: list[dict[str, Any]],
+    rows: list[tuple[str, dict[str, str]]],
+) -> None:
+    """A luminaire's ``cabinet`` names a ``cabinet_meter`` of its site, in the file or
+    registered."""
+    wanted = [(rec, where) for rec, (where, _r) in zip(records, rows, strict=True)
+              if "cabinet" in rec["properties"]]  # fmt: skip
+    if not wanted:
+        return
+    known = {(r["site"], r["device"]) for r in records if r["kind"] == "cabinet_meter"}
+    known |= set(conn.execute("SELECT site, device FROM devices WHERE kind = 'cabinet_meter'"))
+    for rec, where in wanted:
+        if rec["kind"] != "luminaire":
+            raise InventoryError(
+                f"{where}, column cabinet: only a luminaire is fed by a cabinet, not a "
+                f"{rec['kind']}"
+            )
+        cabinet = rec["properties"]["cabinet"]
+        if (rec["site"], cabinet) not in known:
+            raise InventoryError(
+                f"{where}, column cabinet: {cabinet!r} is not a cabinet_meter of site "
+                f"{rec['site']!r} (in this file or registered)"
             )
 
 

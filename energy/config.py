@@ -4,12 +4,20 @@ in energy/README.md; every key with its default in ``sobriety.sample.toml``."""
 from __future__ import annotations
 
 from typing import ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from core.config import Section
 
-__all__ = ["EnergyConfig"]
+__all__ = ["CCF_SOURCE", "EnergyConfig"]
+
+CCF_SOURCE = (
+    "Cloud Carbon Footprint methodology, compute: AWS average over its micro-architectures "
+    "(SPECpower), 0.74 W per vCPU idle, 3.5 W at 100 %"
+)
+"""Where the default per-core watts come from (cloudcarbonfootprint.org/docs/methodology)."""
+CCF_MIN_W, CCF_MAX_W = 0.74, 3.5
 
 
 class EnergyConfig(Section):
@@ -43,3 +51,45 @@ class EnergyConfig(Section):
     chunk_devices: int = Field(
         500, ge=1, le=100_000, description="devices computed together (memory bound)"
     )
+    own_sample_s: float = Field(
+        60.0, ge=1, le=3600, description="each service process samples its own CPU time every [s]"
+    )
+    own_min_watts_per_core: float = Field(
+        CCF_MIN_W, ge=0, description="power of an idle core, the cpu_time method [W]"
+    )
+    own_max_watts_per_core: float = Field(
+        CCF_MAX_W, ge=0, description="power of a core at 100 %, the cpu_time method [W]"
+    )
+    own_watts_source: str = Field(
+        CCF_SOURCE, min_length=1, description="where own_min/max_watts_per_core come from"
+    )
+    own_timezone: str = Field(
+        "UTC", description="the zone of the days of api.service_energy_daily (IANA name)"
+    )
+    rapl_path: str = Field(
+        "/sys/class/powercap", description="the powercap tree with the RAPL package counters"
+    )
+
+    @field_validator("own_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("an IANA time zone name (UTC, Europe/Paris, ...)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _watts(self) -> EnergyConfig:
+        if self.own_min_watts_per_core > self.own_max_watts_per_core:
+            raise ValueError(
+                f"own_min_watts_per_core = {self.own_min_watts_per_core} is above "
+                f"own_max_watts_per_core = {self.own_max_watts_per_core}"
+            )
+        ccf = (self.own_min_watts_per_core, self.own_max_watts_per_core) == (CCF_MIN_W, CCF_MAX_W)
+        if not ccf and self.own_watts_source == CCF_SOURCE:
+            raise ValueError(
+                "own_min_watts_per_core / own_max_watts_per_core differ from Cloud Carbon "
+                "Footprint's figures: say where yours come from in own_watts_source"
+            )
+        return self

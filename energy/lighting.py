@@ -19,10 +19,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from core.arrays import BoolArray, FloatArray
+from core.lighting import NightSchedule
 from energy.daily import CounterHours
 from energy.integrate import PowerEnergy, integrate_power
 
-__all__ = ["dim_series", "lit_hours", "mixed_hours"]
+__all__ = ["dim_series", "lit_hours", "mixed_hours", "program_lit_hours"]
 
 
 def mixed_hours(hours: CounterHours) -> BoolArray:
@@ -65,3 +66,18 @@ def lit_hours(t: FloatArray, level: FloatArray, hold_s: float, edges: FloatArray
     the ``dim`` samples (``missing_s``, ``complete``)."""
     lit = (np.asarray(level, dtype=float) > 0.0).astype(float)
     return integrate_power(np.asarray(t, dtype=float), lit, hold_s=hold_s, edges=edges)
+
+
+def program_lit_hours(schedule: NightSchedule) -> float:
+    """The hours a program's night :class:`~core.lighting.NightSchedule` keeps the light above
+    0 (a part-night switch-off at 0 % is not lit): the lit hours of a luminaire without
+    telemetry of its own, where only its cabinet meter measures."""
+    if schedule.on is None or schedule.off is None:
+        return 0.0
+    ends = [t for t, _level in schedule.changes[1:]] + [schedule.off]
+    lit = sum(
+        end - start
+        for (start, level), end in zip(schedule.changes, ends, strict=True)
+        if level > 0.0
+    )
+    return lit / 3600.0

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from core import rollup
 from core.db import connect
-from energy import store
+from energy import cabinets, store
 from energy.config import EnergyConfig
 from energy.daily import (
     CounterSettings,
@@ -41,12 +41,17 @@ from energy.daily import (
     counter_series,
     power_days,
 )
+from energy.factors import pin_factors
 from energy.integrate import day_edges, hold_seconds
 from energy.lighting import dim_series, lit_hours, mixed_hours
+from energy.own_store import refresh_service_energy
 
 __all__ = ["EnergyService", "RecomputeReport", "recompute"]
 
 log = logging.getLogger(__name__)
+
+NIGHTLY = ("luminaire", "cabinet_meter")
+"""The kinds whose energy is also accounted per night (local noon to noon)."""
 
 MARGIN_S = 86400.0
 """Readings read beyond each end of the period [s]: the intervals that cross its midnights."""
@@ -131,6 +136,11 @@ def recompute(
             chunk = devices[start : start + config.chunk_devices]
             _chunk(conn, config, chunk, (edges, days), (night_edges, nights), lo, hi, report)
             conn.commit()
+        cabinets.complete_nights(conn, name, nights[0], nights[-1])  # once its lamps are done
+        pin_factors(conn, name, sorted(set(days) | set(nights)))  # CO2e and tariff in force
+        conn.commit()
+    if site is None:  # the service's own consumption is install-wide
+        refresh_service_energy(conn, config, since, until)
     return report
 
 
@@ -166,7 +176,7 @@ def _chunk(
             continue
         t, wh = counter_series(rows, raw.get(dev.device_id, {}), settings[dev.device_id])
         figures = counter_days(t, wh, edges, settings[dev.device_id])
-        if dev.kind == "luminaire":
+        if dev.kind in NIGHTLY:
             kwh_by_night[dev.device_id] = counter_days(t, wh, by_night[0], settings[dev.device_id])
         report.days_written += store.save_days(conn, dev.device_id, days, "counter", figures)
         report.devices += 1
@@ -184,7 +194,7 @@ def _chunk(
             report.days_written += store.save_days(conn, dev.device_id, days, "power", figures)
             report.devices += 1
             report.by_source["power"] = report.by_source.get("power", 0) + 1
-        lamps = [k for k, d in enumerate(powered) if d.kind == "luminaire"]
+        lamps = [k for k, d in enumerate(powered) if d.kind in NIGHTLY]
         if lamps:
             nightly = power_days(
                 samples, len(ids), [_hold(d, config) for d in powered], by_night[0]
@@ -193,6 +203,9 @@ def _chunk(
                 kwh_by_night[powered[k].device_id] = nightly[k]
     _nights(conn, config, [d for d in chunk if d.kind == "luminaire"], kwh_by_night, by_night,
             lo, hi, report)  # fmt: skip
+    for dev in chunk:
+        if dev.kind == "cabinet_meter" and dev.device_id in kwh_by_night:
+            cabinets.save_energy(conn, dev.device_id, by_night[1], kwh_by_night[dev.device_id])
 
 
 def _nights(

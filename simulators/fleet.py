@@ -420,6 +420,7 @@ class Fleet:
                 truth.energy_wh[f"{site}/{dev}"] = wh
             for dev, wh in zip(town.cabinets, model.cab_energy_true.tolist(), strict=True):
                 truth.energy_wh[f"{site}/{dev}"] = wh
+            _record_nights(truth, model)
             if town.spec.water.pumping_station and town.dmas:
                 truth.energy_wh[f"{site}/pump-1"] = model.pump_energy_true
                 truth.volume_m3[f"{site}/pump-1"] = model.pump_volume_true
@@ -461,3 +462,24 @@ def _subset(
         return {k: v[idx] for k, v in read().items()}
 
     return values
+
+
+def _record_nights(truth: Truth, model: SiteModel) -> None:
+    """The truth of each night of a site's lighting, per lighting group and per cabinet."""
+    town = model.town
+    site = town.spec.site
+    group_of = {d.device: d.group or "" for d in town.devices if d.kind == "luminaire"}
+    groups: dict[str, list[int]] = {}
+    for i, dev in enumerate(town.luminaires):
+        groups.setdefault(group_of[dev], []).append(i)
+    for night, wh in model.lum_night_wh.items():
+        lit_s = model.lum_night_lit_s[night]
+        for group, lamps in groups.items():
+            truth.lighting_nights[f"{site}/{group}/{night.isoformat()}"] = {
+                "luminaires": float(len(lamps)),
+                "kwh": float(wh[lamps].sum()) / 1000.0,
+                "lit_hours": float(lit_s[lamps].mean()) / 3600.0,
+                "baseline_kwh": float((model.lum_nominal[lamps] * lit_s[lamps]).sum()) / 3.6e6,
+            }
+        for cab, cab_wh in zip(town.cabinets, model.cab_night_wh[night].tolist(), strict=True):
+            truth.cabinet_nights[f"{site}/{cab}/{night.isoformat()}"] = cab_wh / 1000.0

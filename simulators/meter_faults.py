@@ -1,13 +1,15 @@
 """Faults of what meters report, not of what they measure: counter resets, rollovers, meter
-replacements, spurious zeros and power-reporting gaps (``[faults]`` in
-:mod:`simulators.scenario`).
+replacements, spurious zeros, devices that report power without a counter and power-reporting
+gaps (``[faults]`` in :mod:`simulators.scenario`).
 
 A device with an ``energy`` counter reports ``register(E)`` where ``E`` is its physical counter
 (the energy it really consumed, on top of the index it started with): ``E + base``, or
 ``(E + base) mod counter_max_wh`` for a register that rolls over. A reset sets ``base`` so that
 the register reads 0 at the instant, a replacement so that it reads the new meter's index; a
-spurious zero replaces one reading by 0. A power gap leaves ``power`` out of a device's samples
-for ``power_gap_s`` (its other metrics, its counter among them, go on). The true energy of every
+spurious zero replaces one reading by 0. A power-only device leaves ``energy`` out of every
+sample (its energy must come from its power); a power gap leaves ``power`` out of a device's
+samples for ``power_gap_s`` (its other metrics go on) — on a power-only device when there is
+one, where the gap is a hole in its energy. The true energy of every
 device (``Truth.energy_wh``) is untouched: these are faults of the reporting.
 
 The plan (:func:`plan_meter_faults`) depends on the town (scenario and seed), the start and the
@@ -65,6 +67,7 @@ class MeterFaultPlan:
 
     faults: list[Planned] = field(default_factory=list)
     counter_max_wh: float = 0.0
+    power_only: list[Device] = field(default_factory=list)  # report no energy counter
 
     def of(self, kind: str) -> list[Planned]:
         """The faults of ``kind``."""
@@ -104,6 +107,10 @@ def plan_meter_faults(town: Town, t0: float, days: float) -> MeterFaultPlan:
     counters = [(d.site, d.device) for d in town.devices if d.kind in COUNTER_KINDS]
     powers = [(d.site, d.device) for d in town.devices if d.kind in POWER_KINDS]
     plan = MeterFaultPlan(counter_max_wh=spec.counter_max_wh)
+    if spec.power_only and powers:
+        order = rng.permutation(len(powers))[: spec.power_only]
+        plan.power_only = [powers[int(k)] for k in sorted(order.tolist())]
+        counters = [c for c in counters if c not in set(plan.power_only)]
 
     def at(lo: float, hi: float) -> float:
         return t0 + math.ceil(float(rng.uniform(lo, hi)) * span / step) * step
@@ -126,9 +133,13 @@ def plan_meter_faults(town: Town, t0: float, days: float) -> MeterFaultPlan:
                 when = at(0.3, 0.6) if kind == "counter_rollover" else at(0.05, 0.85)
                 fraction = float(rng.uniform(0.1, 0.5)) if kind == "meter_replaced" else 0.0
                 plan.faults.append(Planned(kind, site, device, when, fraction))
-    if spec.power_gaps and powers:
-        for _ in range(spec.power_gaps):
-            site, device = powers[int(rng.integers(len(powers)))]
+    gappable = plan.power_only or powers
+    if spec.power_gaps and gappable:
+        for n in range(spec.power_gaps):
+            if plan.power_only:  # each power-only device in turn
+                site, device = plan.power_only[n % len(plan.power_only)]
+            else:
+                site, device = powers[int(rng.integers(len(powers)))]
             plan.faults.append(Planned("power_gap", site, device, at(0.05, 0.85)))
     plan.faults.sort(key=lambda f: (f.at, f.kind, f.site, f.device))
     return plan
@@ -178,6 +189,10 @@ class MeterFaults:
         self.pending = [(f, where[(f.site, f.device)]) for f in plan.faults]
         self.zero_next: set[Key] = set()
         self.gap_until: dict[Key, float] = {}
+        self.power_only = {where[d] for d in plan.power_only}
+        for device in plan.power_only:
+            truth.count_fault("power_only")
+            truth.events.append({"kind": "power_only", "site": device[0], "device": device[1]})
         for f, key in self.pending:
             if f.kind != "counter_rollover":
                 continue
@@ -242,7 +257,10 @@ class MeterFaults:
 
     def skip(self, key: Key, t: float) -> frozenset[str]:
         """The metrics device ``key`` leaves out of its sample at ``t``."""
-        return _POWER if self.gap_until.get(key, -1.0) > t else _NONE
+        gap = self.gap_until.get(key, -1.0) > t
+        if key in self.power_only:
+            return _POWER_AND_ENERGY if gap else _ENERGY
+        return _POWER if gap else _NONE
 
     def reported(self, key: Key, t: float, values: dict[str, FloatArray]) -> dict[str, FloatArray]:
         """``values`` of device ``key``'s group as it reports them at ``t``: its counter as its
@@ -264,4 +282,6 @@ class MeterFaults:
 
 
 _POWER = frozenset({"power"})
+_ENERGY = frozenset({"energy"})
+_POWER_AND_ENERGY = frozenset({"power", "energy"})
 _NONE: frozenset[str] = frozenset()

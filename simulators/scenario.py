@@ -187,6 +187,11 @@ class Faults(StrictModel):
         0, ge=0, description="meters replaced: a new index, 10-50 % of the old one"
     )
     spurious_zeros: int = Field(0, ge=0, description="single counter readings sent as 0")
+    power_only: int = Field(
+        0,
+        ge=0,
+        description="devices that report power but no energy counter (power gaps pick them first)",
+    )
     power_gaps: int = Field(0, ge=0, description="devices silent on power for power_gap_s")
     power_gap_s: int = Field(3 * 3600, ge=60)
 

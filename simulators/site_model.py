@@ -86,6 +86,12 @@ class SiteModel:
         self.cab_power = np.zeros(ncab)
         self.cab_energy = rng.uniform(1e5, 5e6, ncab)
         self.cab_energy_true = np.zeros(ncab)
+        # Per night (the local date of the evening, noon to noon): each luminaire's and
+        # cabinet's true energy [Wh] and the seconds each luminaire was lit (commanded level
+        # above 0, as its dim telemetry reports it) — the no-dimming baseline's hours.
+        self.lum_night_wh: dict[date, FloatArray] = {}
+        self.lum_night_lit_s: dict[date, FloatArray] = {}
+        self.cab_night_wh: dict[date, FloatArray] = {}
         # Water.
         water = spec.water
         self.water = water
@@ -213,6 +219,14 @@ class SiteModel:
         cab_wh = self.cab_power * dt / 3600.0
         self.cab_energy += cab_wh
         self.cab_energy_true += cab_wh
+        night = lighting.night_of(t - dt / 2.0, self.tz)  # the step's middle
+        if night not in self.lum_night_wh:
+            self.lum_night_wh[night] = np.zeros(len(wh))
+            self.lum_night_lit_s[night] = np.zeros(len(wh))
+            self.cab_night_wh[night] = np.zeros(len(cab_wh))
+        self.lum_night_wh[night] += wh
+        self.lum_night_lit_s[night] += np.where(level > 0, dt, 0.0)
+        self.cab_night_wh[night] += cab_wh
 
     # --- water ----------------------------------------------------------------------------------
     def _step_water(self, t: float, dt: float) -> None:

@@ -212,13 +212,23 @@ def write_inventory(
         for site in town.sites
         for dma in site.dmas
     ]
+    feeds = {
+        (site.spec.site, lum): site.cabinets[cab]
+        for site in town.sites
+        for lum, cab in zip(site.luminaires, site.lum_cabinet, strict=True)
+    }
     devices = [
         {k: v for k, v in asdict(d).items() if v not in ("", None)}
         | declared.get((d.site, d.device), {})
+        | ({"cabinet": feeds[(d.site, d.device)]} if (d.site, d.device) in feeds else {})
         for d in town.devices
     ]
     used = {c for props in declared.values() for c in props}
-    columns = DEVICE_FILE_COLUMNS + tuple(c for c in INVENTORY_COLUMNS if c in used)
+    columns = (
+        DEVICE_FILE_COLUMNS
+        + (("cabinet",) if feeds else ())
+        + tuple(c for c in INVENTORY_COLUMNS if c in used)
+    )
     features = [
         {
             "type": "Feature",

@@ -38,6 +38,12 @@ class Truth:
     leaks: list[dict[str, Any]] = field(default_factory=list)
     energy_wh: dict[str, float] = field(default_factory=dict)
     volume_m3: dict[str, float] = field(default_factory=dict)
+    # Per "{site}/{lighting group}/{night}" (the local date of the evening, noon to noon):
+    # luminaires, kwh (true energy), lit_hours (mean per luminaire: commanded level above 0),
+    # baseline_kwh (nominal power x hours lit: the no-dimming baseline), as api.lighting_nights.
+    lighting_nights: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Per "{site}/{cabinet}/{night}": the cabinet meter's true energy [kWh].
+    cabinet_nights: dict[str, float] = field(default_factory=dict)
     water: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def expect_rejection(self, reason: str) -> None:

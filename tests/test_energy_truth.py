@@ -1,7 +1,7 @@
-"""api.energy_daily against the simulator's ground truth: two local days of the small town with
+"""api.energy_daily against the simulator's ground truth: three local days of the small town with
 a counter reset, a rollover, a replaced meter and a spurious zero injected, its messages through
 the ingest's own pipeline and store (the backfill path), the rollup, then the energy stage; every
-metered device's two days within 1 % of its true energy, and each fault in the flags of the day
+metered device's days within 1 % of its true energy, and each fault in the flags of the day
 it happened."""
 
 from __future__ import annotations
@@ -9,15 +9,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from core import rollup
 from core.inventory import import_inventory
+from core.messages import Reporting
 from energy.config import EnergyConfig
 from energy.service import recompute
 from ingest.backfill import Backfill
@@ -25,63 +28,82 @@ from ingest.pipeline import Pipeline
 from ingest.store import Store
 from simulators import Fleet, build_town, write_inventory, write_sites
 from simulators.scenario import Scenario
+from simulators.town import SiteTown
+from simulators.truth import Truth
 from tests.test_simulators import _METER_FAULTS, _QUIET, small_scenario
 
 pytestmark = pytest.mark.services
 
 PARIS = ZoneInfo("Europe/Paris")
+DAYS = 3  # local days simulated: two whole nights (noon to noon) inside them
 
 
-def test_two_days_of_the_town_match_the_truth_with_every_counter_fault(
+def test_three_days_of_the_town_match_the_truth_with_every_counter_fault(
     conn: psycopg.Connection, db_url: str, tmp_path: Path
 ) -> None:
     root = f"e{uuid.uuid4().hex[:9]}/v1"
-    faults = {k: v for k, v in _METER_FAULTS.items() if k != "power_gaps"}
-    scenario = small_scenario(root, **_QUIET, **faults)
+    # Every counter fault, two devices with power and no counter, a power gap on one of them.
+    faults = {**_METER_FAULTS, "power_only": 2}
+    # Luminaires that sample every minute and report their level by exception (at most 10 min
+    # of silence), as a controller reports a switch: the lit hours, hence the no-dimming
+    # baseline and the savings, are then known to the minute (with 10-min samples only, to
+    # 10 min a switch: over 1 % of a baseline, several % of a saving).
+    scenario = small_scenario(root, **_QUIET, **faults).model_copy(
+        update={
+            "reporting": {
+                **small_scenario(root).reporting,
+                "luminaire": Reporting(
+                    interval_s=60, batch=10, deadband={"dim": 0.5}, max_silence_s=600
+                ),
+            }
+        }
+    )
     site = scenario.sites[0].site
-    # Two whole local days ending yesterday: inside the ingest's window of 7 days.
-    today = datetime.now(PARIS).date()
-    start = datetime.combine(today - timedelta(days=3), datetime.min.time(), PARIS).timestamp()
-    town = build_town(scenario, 4)
-    fleet = Fleet(town, "mqtt://127.0.0.1:1", days=2.0, start=start)
-    fleet.log = []
-    truth = fleet.run()
-    directory = tmp_path / "inventory"
-    import_inventory(conn, write_sites(town, directory))
-    for path in write_inventory(town, directory, start=start, days=2.0):
-        import_inventory(conn, path)
-    ids = dict(conn.execute("SELECT device, id FROM devices WHERE site = %s", (site,)).fetchall())
-    store = Store(db_url)
-    backfill = Backfill(store, Pipeline(lambda s, d: ids.get(d) if s == site else None, root))
-    received = time.time()
-    for topic, payload in fleet.log:
-        backfill.add(topic, payload, received)
-    backfill.flush()
-    store.close()
-    assert backfill.report.rejected == {}
-    with psycopg.connect(db_url, autocommit=True) as work:
-        rollup.refresh(work)
-    with psycopg.connect(db_url) as work:
-        recompute(work, EnergyConfig(), start + 3600, start + 2 * 86400 - 3600, site)
+    start = _start()
+    town, truth, ids = _run_town(conn, db_url, tmp_path, scenario, start)
 
     rows = conn.execute(
-        """SELECT device, day, kwh, resets, rollovers, replacements, glitches, source
+        """SELECT device, day, kwh, resets, rollovers, replacements, glitches, source,
+                  flagged, missing_hours, complete
            FROM api.energy_daily WHERE site = %s ORDER BY device, day""",
         (site,),
     ).fetchall()
+    power_only = {e["device"] for e in truth.events if e["kind"] == "power_only"}
+    gap = next(e for e in truth.events if e["kind"] == "power_gap")
+    assert len(power_only) == 2
+    assert gap["device"] in power_only
     kwh: dict[str, float] = defaultdict(float)
     events: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for device, _day, value, resets, rollovers, replacements, glitches, source in rows:
-        assert source == "counter"
+    gap_rows = []
+    for device, day, value, resets, rollovers, replacements, glitches, source, *more in rows:
+        assert source == ("power" if device in power_only else "counter"), device
         kwh[device] += value
+        if device == gap["device"]:
+            gap_rows.append((day, *more))
         for name, n in (("counter_reset", resets), ("counter_rollover", rollovers),
                         ("meter_replaced", replacements), ("spurious_zero", glitches)):  # fmt: skip
             events[device][name] += n
     metered = {k.split("/", 1)[1]: v / 1000.0 for k, v in truth.energy_wh.items()}
     assert set(kwh) == {d for d in metered if d in ids}
     for device, true_kwh in metered.items():
-        if device in kwh and true_kwh > 0.1:
+        if device in kwh and true_kwh > 0.1 and device != gap["device"]:
             assert kwh[device] == pytest.approx(true_kwh, rel=0.01), device
+    # The power gap: flagged on the day(s) it falls in, never filled (the device counts less
+    # than it used); missing_hours its duration past the last sample's hold (no published
+    # config here: energy.default_hold_s), within a sampling interval.
+    gap_h = (gap["end"] - gap["start"]) / 3600.0
+    flagged_days = [r for r in gap_rows if r[1] > 0]
+    assert flagged_days
+    assert all(not r[3] for r in flagged_days)
+    gap_kind = conn.execute(
+        "SELECT kind FROM devices WHERE site = %s AND device = %s", (site, gap["device"])
+    ).fetchone()
+    assert gap_kind is not None
+    interval_h = scenario_interval_s(scenario, gap_kind[0]) / 3600.0
+    hold_h = EnergyConfig().default_hold_s / 3600.0
+    missing = sum(r[2] for r in flagged_days)
+    assert abs(missing - (gap_h - hold_h)) <= interval_h, (gap_rows, gap_h)
+    assert kwh[gap["device"]] < metered[gap["device"]]
     lamps = [d for d in kwh if d.startswith("lum-")]
     assert sum(kwh[d] for d in lamps) == pytest.approx(sum(metered[d] for d in lamps), rel=0.01)
     injected = {e["kind"]: e["device"] for e in truth.events if e["kind"] in faults_kinds()}
@@ -99,7 +121,7 @@ def test_two_days_of_the_town_match_the_truth_with_every_counter_fault(
            ORDER BY day""",
         (site,),
     ).fetchall()
-    assert len(days) == 2
+    assert len(days) == DAYS
     assert {row[3] for row in days} == {"PUE1"}  # the default category, stated with each
     assert all(row[2] == pytest.approx(row[0] / row[1]) for row in days)
     true_pue = metered["facility-1"] / metered["it-1"]
@@ -123,7 +145,7 @@ def test_two_days_of_the_town_match_the_truth_with_every_counter_fault(
     pumped = conn.execute(
         "SELECT kwh, m3, kwh_per_m3 FROM api.pumping_daily WHERE site = %s ORDER BY day", (site,)
     ).fetchall()
-    assert len(pumped) == 2
+    assert len(pumped) == DAYS
     assert all(row[2] == pytest.approx(row[0] / row[1]) for row in pumped)
     true_m3 = truth.volume_m3[f"{site}/pump-1"]
     assert sum(r[1] for r in pumped) == pytest.approx(true_m3, rel=0.01)
@@ -166,13 +188,120 @@ def test_two_days_of_the_town_match_the_truth_with_every_counter_fault(
     assert group[0] == len(lamps)
     assert group[1] == pytest.approx(sum(r[1] for r in lamps_n))
     assert group[3] == pytest.approx(group[2] - group[1])
+    # The nights hold the days' energy (of the counters: a power sample after the run's end
+    # holds into the last night, which no day covers).
     every_night = conn.execute(
         """SELECT sum(n.kwh) FROM luminaire_nights n JOIN devices d ON d.id = n.device_id
-           WHERE d.site = %s""",
-        (site,),
+           WHERE d.site = %s AND NOT d.device = ANY(%s)""",
+        (site, list(power_only)),
     ).fetchone()
     assert every_night is not None
-    assert every_night[0] == pytest.approx(sum(kwh[d] for d in lamps), rel=1e-6)  # same energy
+    counted = sum(kwh[d] for d in lamps if d not in power_only)
+    assert every_night[0] == pytest.approx(counted, rel=1e-6)
+
+    # Against the truth of that night, per lighting group: energy, the no-dimming baseline and
+    # the savings within 1 %.
+    for whole in (night, night + timedelta(days=1)):
+        _nights_match_the_truth(conn, site, whole, truth)
+        _cabinets_match_the_truth(conn, site, whole, truth, town)
+
+
+def _nights_match_the_truth(conn: psycopg.Connection, site: str, night: date, truth: Truth) -> None:
+    groups = conn.execute(
+        """SELECT lighting_group, luminaires, kwh, baseline_kwh, saved_kwh, complete
+           FROM api.lighting_nights WHERE site = %s AND night = %s""",
+        (site, night),
+    ).fetchall()
+    assert groups
+    for group, luminaires, night_kwh, baseline, saved, complete in groups:
+        true = truth.lighting_nights[f"{site}/{group}/{night.isoformat()}"]
+        print(group, complete, night_kwh, true["kwh"], baseline, true["baseline_kwh"], saved)
+        assert luminaires == true["luminaires"]
+        assert night_kwh == pytest.approx(true["kwh"], rel=0.01), group
+        assert baseline == pytest.approx(true["baseline_kwh"], rel=0.01), group
+        assert saved == pytest.approx(true["baseline_kwh"] - true["kwh"], rel=0.01), group
+
+
+def _cabinets_match_the_truth(
+    conn: psycopg.Connection, site: str, night: date, truth: Truth, town: SiteTown
+) -> None:
+    """Each cabinet's night against its meter's truth, beside the sum of its luminaires (the
+    difference: the line losses and the cabinet's own electronics), its baseline the sum of
+    theirs."""
+    rows = conn.execute(
+        """SELECT cabinet, kwh, complete, luminaires, measured, luminaires_kwh, difference_kwh,
+                  baseline_kwh, baseline_source, saved_kwh
+           FROM api.lighting_cabinets WHERE site = %s AND night = %s ORDER BY cabinet""",
+        (site, night),
+    ).fetchall()
+    assert [r[0] for r in rows] == sorted(town.cabinets)
+    light = town.spec.lighting
+    for row in rows:
+        cab, cab_kwh, complete, luminaires, measured, lum_kwh, diff, baseline, source, saved = row
+        under = [k for k, c in enumerate(town.lum_cabinet) if town.cabinets[c] == cab]
+        assert luminaires == measured == len(under)
+        assert complete
+        assert cab_kwh == pytest.approx(truth.cabinet_nights[f"{site}/{cab}/{night}"], rel=0.01)
+        expected_diff = lum_kwh * light.line_loss_fraction + light.cabinet_overhead_w * 24 / 1000
+        print(cab, cab_kwh, lum_kwh, diff, expected_diff, baseline, source)
+        assert diff == pytest.approx(expected_diff, rel=0.1, abs=0.005)
+        lamps_baseline = conn.execute(
+            """SELECT sum(n.baseline_kwh) FROM luminaire_nights n JOIN devices d
+               ON d.id = n.device_id WHERE d.site = %s AND n.night = %s
+               AND d.properties ->> 'cabinet' = %s""",
+            (site, night, cab),
+        ).fetchone()
+        assert lamps_baseline is not None
+        assert baseline == pytest.approx(lamps_baseline[0])
+        assert source == "telemetry"
+        assert saved == pytest.approx(baseline - cab_kwh)
+
+
+def _start() -> float:
+    """Three whole local days ending last midnight: inside the ingest's window of 7 days."""
+    today = datetime.now(PARIS).date()
+    return datetime.combine(today - timedelta(days=DAYS), datetime.min.time(), PARIS).timestamp()
+
+
+def _run_town(
+    conn: psycopg.Connection,
+    db_url: str,
+    tmp_path: Path,
+    scenario: Scenario,
+    start: float,
+    keep: Callable[[str], bool] = lambda _topic: True,
+) -> tuple[SiteTown, Truth, dict[str, int]]:
+    """Simulate ``DAYS`` days of the town from ``start``, import its inventory, store the
+    messages whose topic ``keep`` keeps through the ingest's pipeline and store (the backfill
+    path), refresh the rollup and recompute the energy; (the site's town, the truth, device ids)."""
+    site = scenario.sites[0].site
+    town = build_town(scenario, 4)
+    fleet = Fleet(town, "mqtt://127.0.0.1:1", days=DAYS, start=start)
+    fleet.log = []
+    truth = fleet.run()
+    directory = tmp_path / "inventory"
+    import_inventory(conn, write_sites(town, directory))
+    for path in write_inventory(town, directory, start=start, days=DAYS):
+        import_inventory(conn, path)
+    ids: dict[str, int] = dict(
+        conn.execute("SELECT device, id FROM devices WHERE site = %s", (site,)).fetchall()
+    )
+    store = Store(db_url)
+    backfill = Backfill(
+        store, Pipeline(lambda s, d: ids.get(d) if s == site else None, scenario.root)
+    )
+    received = time.time()
+    for topic, payload in fleet.log:
+        if keep(topic):
+            backfill.add(topic, payload, received)
+    backfill.flush()
+    store.close()
+    assert backfill.report.rejected == {}
+    with psycopg.connect(db_url, autocommit=True) as work:
+        rollup.refresh(work)
+    with psycopg.connect(db_url) as work:
+        recompute(work, EnergyConfig(), start + 3600, start + DAYS * 86400 - 3600, site)
+    return town.sites[0], truth, ids
 
 
 def scenario_interval_s(scenario: Scenario, kind: str) -> float:
@@ -183,3 +312,58 @@ def scenario_interval_s(scenario: Scenario, kind: str) -> float:
 def faults_kinds() -> tuple[str, ...]:
     """The truth's event kinds of the counter faults this test injects."""
     return ("counter_reset", "counter_rollover", "meter_replaced", "spurious_zero")
+
+
+def test_a_cabinet_alone_gives_the_baseline_from_the_programs_in_force(
+    conn: psycopg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    """Luminaires without telemetry of their own (none of their messages stored): the cabinet
+    meter measures, the baseline comes from their nominal power and the lit hours of the
+    program their published config holds, under the site's sun."""
+    root = f"c{uuid.uuid4().hex[:9]}/v1"
+    scenario = small_scenario(root, **_QUIET)
+    site = scenario.sites[0].site
+    start = _start()
+    town, truth, _ids = _run_town(
+        conn, db_url, tmp_path, scenario, start, keep=lambda topic: "/lum-" not in topic
+    )
+    night = datetime.fromtimestamp(start, PARIS).date()
+    before = conn.execute(
+        """SELECT baseline_kwh, baseline_source, baseline_complete, measured, difference_kwh
+           FROM api.lighting_cabinets WHERE site = %s AND night = %s""",
+        (site, night),
+    ).fetchall()
+    assert before
+    assert all(r == (None, None, False, 0, None) for r in before)  # not guessed
+    program = scenario.sites[0].lighting.program
+    payload = Jsonb({"version": 1, "lighting": program.model_dump(mode="json")})
+    conn.execute(
+        """INSERT INTO device_configs (device_id, version, digest, payload, published_at)
+           SELECT id, 1, '\\x00', %s, now() FROM devices WHERE site = %s AND kind = 'luminaire'""",
+        (payload, site),
+    )
+    conn.commit()
+    with psycopg.connect(db_url) as work:
+        recompute(work, EnergyConfig(), start + 3600, start + DAYS * 86400 - 3600, site)
+    group_of = {d.device: d.group for d in town.devices if d.kind == "luminaire"}
+    for whole in (night, night + timedelta(days=1)):
+        rows = conn.execute(
+            """SELECT cabinet, kwh, luminaires, measured, luminaires_kwh, difference_kwh,
+                      baseline_kwh, baseline_source, baseline_complete, saved_kwh
+               FROM api.lighting_cabinets WHERE site = %s AND night = %s ORDER BY cabinet""",
+            (site, whole),
+        ).fetchall()
+        assert [r[0] for r in rows] == sorted(town.cabinets)
+        for cab, kwh, luminaires, measured, lum_kwh, diff, baseline, source, full, saved in rows:
+            lamps = [town.luminaires[k] for k, c in enumerate(town.lum_cabinet)
+                     if town.cabinets[c] == cab]  # fmt: skip
+            groups = {group_of[lamp] for lamp in lamps}
+            true_baseline = sum(
+                truth.lighting_nights[f"{site}/{g}/{whole}"]["baseline_kwh"] for g in groups
+            )
+            true_kwh = truth.cabinet_nights[f"{site}/{cab}/{whole}"]
+            assert (luminaires, measured, lum_kwh, diff) == (len(lamps), 0, None, None)
+            assert (source, full) == ("program", True)
+            assert kwh == pytest.approx(true_kwh, rel=0.01)
+            assert baseline == pytest.approx(true_baseline, rel=0.01)
+            assert saved == pytest.approx(true_baseline - true_kwh, rel=0.01)

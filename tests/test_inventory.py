@@ -90,6 +90,23 @@ def test_meter_properties_are_checked_then_stored_as_text(
     assert import_inventory(conn, path).unchanged == 1
 
 
+def test_a_luminaire_names_its_cabinet_in_the_file_or_registered(
+    conn: psycopg.Connection, site: str, tmp_path: Path
+) -> None:
+    first = write(
+        tmp_path / "a.csv",
+        f"site,device,kind,cabinet\n{site},cab-1,cabinet_meter,\n{site},l1,luminaire,cab-1\n",
+    )
+    assert import_inventory(conn, first).inserted == 2
+    later = write(tmp_path / "b.csv", f"site,device,kind,cabinet\n{site},l2,luminaire,cab-1\n")
+    assert import_inventory(conn, later).inserted == 1
+    rows = conn.execute(
+        "SELECT device, properties ->> 'cabinet' FROM devices WHERE site = %s ORDER BY 1",
+        (site,),
+    ).fetchall()
+    assert rows == [("cab-1", None), ("l1", "cab-1"), ("l2", "cab-1")]
+
+
 def test_changed_row_is_updated(conn: psycopg.Connection, site: str, tmp_path: Path) -> None:
     path = write(
         tmp_path / "d.csv", f"site,device,kind,nominal_power_w\n{site},lum-1,luminaire,40\n"
@@ -193,6 +210,19 @@ def test_geojson_points_give_coordinates(
             "site,device,kind,replaced_at\n{site},c,cabinet_meter,2026-11-03T10:00\n",
             r"line 2, column replaced_at: '2026-11-03T10:00' is not an instant in ISO 8601 "
             r"with a UTC offset",
+        ),
+        (
+            "site,device,kind,cabinet\n{site},c,cabinet_meter,\n{site},l,luminaire,cab 1\n",
+            r"line 3, column cabinet: 'cab 1' is not a device id",
+        ),
+        (
+            "site,device,kind,cabinet\n{site},p,pump_meter,\n{site},l,luminaire,p\n",
+            r"line 3, column cabinet: 'p' is not a cabinet_meter of site '.*' \(in this file "
+            r"or registered\)",
+        ),
+        (
+            "site,device,kind,cabinet\n{site},c,cabinet_meter,\n{site},f,flow_meter,c\n",
+            r"line 3, column cabinet: only a luminaire is fed by a cabinet, not a flow_meter",
         ),
     ],
 )

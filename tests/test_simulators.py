@@ -728,9 +728,9 @@ def test_a_replaced_meter_reports_a_new_index(
     # Without the run's start the instant is unknown: no replaced_at, the maximum stays.
     _dmas, bare = write_inventory(faulty.town, tmp_path / "bare")
     header = bare.read_text().splitlines()[0].split(",")
-    assert header == [*DEVICE_FILE_COLUMNS, "counter_max_wh"]
+    assert header == [*DEVICE_FILE_COLUMNS, "cabinet", "counter_max_wh"]
     _dmas, plain = write_inventory(clean.town, tmp_path / "plain", start=clean.t0)
-    assert plain.read_text().splitlines()[0].split(",") == list(DEVICE_FILE_COLUMNS)
+    assert plain.read_text().splitlines()[0].split(",") == [*DEVICE_FILE_COLUMNS, "cabinet"]
 
 
 def test_a_spurious_zero_is_one_reading(meter_fault_runs: tuple[Fleet, Fleet]) -> None:
