@@ -41,14 +41,19 @@ from psycopg import sql
 from anomaly.config import AnomalyConfig
 from anomaly.service import Scanner
 from app.cli_parser import DEMO_MAX_DAYS
+from app.demo_energy import find_energy
 from app.demo_policies import PolicyRun
 from app.demo_report import DemoReport, gather, render, stored_readings
 from app.embedded import ServiceError, Services, resolve_services
+from app.own_meter import start_own_meter
 from app.progress import progress_bar
+from core import rollup
 from core.config import Config
 from core.db import connect, ensure_database, redact, upgrade, with_database
 from core.errors import SobrietyError
 from core.inventory import import_inventory
+from energy.config import EnergyConfig
+from energy.service import recompute
 from ingest.backfill import Backfill
 from ingest.config import IngestConfig
 from ingest.pipeline import Limits, Pipeline
@@ -138,6 +143,8 @@ def run_demo(
         history = TownHistory(town, live_start)
         ingest_config = _ingest_config(config, services, scenario.root, run_id, scratch, serve)
         service = _start_ingest(ingest_config)
+        # The demo's own CPU (its ingest, simulator and stages in this process) and energy.
+        stop_meter = start_own_meter(services.db_url, config.section(EnergyConfig), "demo")
         policies = PolicyRun(ingest_config, services.db_url)
         try:
             if not service.subscribed.wait(30.0):
@@ -157,10 +164,14 @@ def run_demo(
             truth_path = scratch / "truth.json"
             truth.write(truth_path)
             anomaly = config.section(AnomalyConfig)
+            stop_meter()  # its last sample, before the energy stage counts it
+            _account_energy(services.db_url, config, truth.start, truth.end)
             with connect(services.db_url) as conn:
                 Scanner(anomaly).scan(conn, history.start, truth.end)
                 conn.commit()
                 report = gather(conn, truth, town, anomaly, written)
+                report.energy = find_energy(conn, truth, town)
+                report.problems.extend(report.energy.problems)
                 report.policies = policies.finish(conn, fleet, sites, truth.start, truth.end)
                 report.problems.extend(report.policies.problems)
             report.run_id = run_id
@@ -184,6 +195,7 @@ def run_demo(
                 out.flush()
                 stop.wait()
         finally:
+            stop_meter()
             policies.close()
             service.stop(end_session=True)  # this run's session ends with it
         return report
@@ -191,6 +203,15 @@ def run_demo(
         services.close()
         if workdir is None and not serve:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _account_energy(db_url: str, config: Config, since: float, until: float) -> None:
+    """The energy stage over the run, as ``sobriety energy recompute`` does it: the hourly
+    rollup refreshed, then every local day and night of the run's sites computed."""
+    with connect(db_url, autocommit=True) as conn:
+        rollup.refresh(conn)
+    with connect(db_url) as conn:
+        recompute(conn, config.section(EnergyConfig), since, until)
 
 
 def _prepare_database(services: Services, sites: list[str], config: Config) -> str:
@@ -219,8 +240,8 @@ def _prepare_database(services: Services, sites: list[str], config: Config) -> s
 
 def clear_sites(conn: psycopg.Connection, sites: list[str]) -> int:
     """Delete what earlier runs stored for ``sites`` (readings, rejections, alerts, nights,
-    device status, message counts, published configs, device states, overrides; the inventory
-    stays, the import updates it). Rows deleted."""
+    device status, message counts, published configs, device states, overrides, the energy
+    figures; the inventory stays, the import updates it). Rows deleted."""
     devices = "SELECT id FROM devices WHERE site = ANY(%(sites)s)"
     statements = [
         f"DELETE FROM readings WHERE device_id IN ({devices})",
@@ -232,6 +253,11 @@ def clear_sites(conn: psycopg.Connection, sites: list[str]) -> int:
         "DELETE FROM rejected_messages WHERE site = ANY(%(sites)s)",
         "DELETE FROM alerts WHERE site = ANY(%(sites)s)",
         "DELETE FROM dma_nights WHERE site = ANY(%(sites)s)",
+        f"DELETE FROM energy_daily WHERE device_id IN ({devices})",
+        f"DELETE FROM luminaire_nights WHERE device_id IN ({devices})",
+        f"DELETE FROM cabinet_nights WHERE device_id IN ({devices})",
+        f"DELETE FROM pumping_volume_daily WHERE device_id IN ({devices})",
+        "DELETE FROM energy_day_factors WHERE site = ANY(%(sites)s)",
     ]
     return sum(conn.execute(q, {"sites": sites}).rowcount for q in statements)
 

@@ -22,6 +22,7 @@ from core.db import redact
 from simulators import Town, Truth
 
 if TYPE_CHECKING:
+    from app.demo_energy import EnergyFindings
     from app.demo_policies import PolicyFindings
     from app.embedded import Services
     from ingest.backfill import Backfill
@@ -58,9 +59,7 @@ class DemoReport:
     faults: dict[str, int]
     events: list[dict[str, Any]]
     silent_devices: list[str]
-    lighting_kwh: dict[str, tuple[float, float]]  # site: (measured, true)
     water_m3: dict[str, tuple[float, float]]  # site/dma: (measured, true)
-    server_room_kwh: dict[str, tuple[float, float, float, float]]  # site: facility, it (m, t)
     alerts: list[Alert]
     customer_leaks: list[str]
     full_days: int
@@ -80,6 +79,7 @@ class DemoReport:
     metrics_url: str | None = None
     seconds: float = 0.0
     policies: PolicyFindings | None = None
+    energy: EnergyFindings | None = None
 
     @property
     def db_url(self) -> str:
@@ -100,19 +100,6 @@ class DemoReport:
 def _scalar(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> float:
     row = conn.execute(query, params).fetchone()
     return float(row[0]) if row is not None and row[0] is not None else 0.0
-
-
-def _counter_kwh(conn: psycopg.Connection, site: str, devices: list[str]) -> float:
-    """Energy from the devices' cumulative counters over the run [kWh]: last minus first."""
-    return (
-        _scalar(
-            conn,
-            """SELECT sum(d) FROM (SELECT max(value) - min(value) AS d FROM api.readings
-               WHERE site = %s AND device = ANY(%s) AND metric = 'energy' GROUP BY device) x""",
-            (site, devices),
-        )
-        / 1000.0
-    )
 
 
 def _full_local_days(start: float, end: float, tz: ZoneInfo) -> int:
@@ -161,14 +148,9 @@ def gather(
             (sites, truth.end),
         )
     ]
-    lighting: dict[str, tuple[float, float]] = {}
     water: dict[str, tuple[float, float]] = {}
-    room: dict[str, tuple[float, float, float, float]] = {}
     for st in town.sites:
         site = st.spec.site
-        if st.cabinets:
-            true_wh = sum(truth.energy_wh.get(f"{site}/{c}", 0.0) for c in st.cabinets)
-            lighting[site] = (_counter_kwh(conn, site, st.cabinets), true_wh / 1000.0)
         for d, dma in enumerate(st.dmas):
             meter = f"fm-{d}-in"
             measured = _scalar(
@@ -178,13 +160,6 @@ def gather(
                 (site, meter, truth.start),
             )
             water[f"{site}/{dma}"] = (measured, truth.water[f"{site}/{dma}"]["inflow_m3"])
-        if st.spec.server_room.enabled:
-            room[site] = (
-                _counter_kwh(conn, site, ["facility-1"]),
-                _counter_kwh(conn, site, ["it-1"]),
-                truth.energy_wh.get(f"{site}/facility-1", 0.0) / 1000.0,
-                truth.energy_wh.get(f"{site}/it-1", 0.0) / 1000.0,
-            )
     alerts = [
         Alert(str(k), str(s), str(subj), None if f is None else float(f), str(state))
         for k, s, subj, f, state in conn.execute(
@@ -207,9 +182,7 @@ def gather(
         faults=dict(truth.faults),
         events=[e for e in truth.events if e.get("at", e.get("start", truth.start)) < truth.end],
         silent_devices=silent,
-        lighting_kwh=lighting,
         water_m3=water,
-        server_room_kwh=room,
         alerts=alerts,
         customer_leaks=sorted(
             f"{e['site']}/{e['device']}" for e in truth.events if e["kind"] == "customer_leak"
@@ -334,18 +307,12 @@ def render(report: DemoReport, serve: bool) -> str:
         f"devices silent for the last 2 hours of the period: {len(silent)}"
         + (f" ({', '.join(silent[:8])}{', ...' if len(silent) > 8 else ''})" if silent else "")
     )
-    for site, (measured, true) in report.lighting_kwh.items():
-        w(f"public lighting energy, {site}: {_versus(measured, true, 'kWh')} (cabinet meters)")
     for dma, (measured, true) in report.water_m3.items():
         w(f"water into {dma}: {_versus(measured, true, 'm3')} (inlet meter)")
-    for site, (fac, it, fac_true, it_true) in report.server_room_kwh.items():
-        pue = f"PUE {fac / it:.2f}" if it > 0 else "PUE n/a (no IT energy measured)"
-        w(
-            f"server room, {site}: {_versus(fac, fac_true, 'kWh')} in all, "
-            f"{_versus(it, it_true, 'kWh')} IT; {pue} (true {fac_true / it_true:.2f})"
-            if it_true > 0
-            else f"server room, {site}: {fac:,.1f} kWh in all, {it:,.1f} kWh IT; {pue}"
-        )
+    if report.energy is not None:
+        from app.demo_energy import render_energy
+
+        lines.extend(render_energy(report.energy))
     if report.policies is not None:
         from app.demo_policies import render_policies
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from app.energy_factors import FACTORS_COMMANDS, add_factors_parser, cmd_factors
+from app.energy_report import parse_month
 from core.config import Config
 from core.db import connect
 
@@ -41,6 +44,7 @@ def add_energy_parser(sub: Any, period: Any, site: Any, fmt: Any, port: Any) -> 
     site(again)
     fmt(again)
     add_factors_parser(actions, period, site, fmt)
+    _add_report_parser(actions)
 
 
 def cmd_energy(args: argparse.Namespace, config: Config) -> int:
@@ -49,6 +53,8 @@ def cmd_energy(args: argparse.Namespace, config: Config) -> int:
 
     if args.energy_command in FACTORS_COMMANDS:
         return cmd_factors(args, config)
+    if args.energy_command == "report":
+        return _cmd_report(args, config)
     if args.energy_command == "recompute":
         from core import rollup
         from energy.service import recompute
@@ -80,3 +86,60 @@ def cmd_energy(args: argparse.Namespace, config: Config) -> int:
         return service.run, service.stop
 
     return serve_stage(args, config, build)
+
+
+def _add_report_parser(actions: Any) -> None:
+    """``energy report``: the month of a commune (app/energy_report.py)."""
+    report = actions.add_parser(
+        "report",
+        help="the month of a commune: lighting, pumping, PUE, the service's own energy",
+        description="The month of a site in its local days and nights (a night is counted in "
+        "the month of its evening): lighting kWh and savings against the no-dimming baseline "
+        "(kWh, EUR, kg CO2e), kWh per luminaire-night, pumping kWh per m3, PUE with its "
+        "ISO/IEC 30134-2 category (interim while the site has fewer than twelve months), the "
+        "service's kWh per 1,000 readings, the factor versions used; each section with its "
+        "completeness (periods complete out of the month's, hours missing). A month without "
+        "data says so (exit 0); an unknown site is an error (exit 2).",
+    )
+    report.add_argument("--site", required=True, help="the site (commune) id")
+    report.add_argument(
+        "--month", type=parse_month, required=True, help="the month, YYYY-MM (2026-11)"
+    )
+    report.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "png"),
+        default="table",
+        help="table (default), csv (one row per figure), json, or png (two charts; needs --out)",
+    )
+    report.add_argument(
+        "--lang", choices=("fr", "en"), default="fr", help="labels: fr (default) or en"
+    )
+    report.add_argument(
+        "--out", type=Path, help="write here (default: standard output; png: required)"
+    )
+
+
+def _cmd_report(args: argparse.Namespace, config: Config) -> int:
+    """``energy report``: print or write the month of a site."""
+    from app import energy_report_render as render
+    from app.energy_report import month_report
+    from core.errors import UsageError
+
+    if args.format == "png" and args.out is None:
+        raise UsageError("--format png needs --out FILE (a PNG is not written to a terminal)")
+    with connect(config.db_conninfo(), timeout_s=config.database.connect_timeout_s) as conn:
+        month = month_report(conn, args.site, args.month)
+    if args.format == "png":
+        render.render_png(month, args.out, args.lang)
+        return 0
+    if args.format == "csv":
+        text = render.render_csv(month, args.lang)
+    elif args.format == "json":
+        text = render.render_json(month)
+    else:
+        text = render.render_table(month, args.lang)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+    return 0

@@ -74,6 +74,11 @@ def _demo(tmp_path: Path, config: Config | None = None, **kwargs: Any) -> tuple[
     return report, out.getvalue()
 
 
+def report_energy_ok(out: str) -> bool:
+    """No energy figure of the summary is off the truth."""
+    return "MISMATCH" not in out
+
+
 def _stored(db_url: str, sites: list[str]) -> int:
     """Every reading of ``sites``: the history's and the live run's."""
     with psycopg.connect(db_url) as conn:
@@ -110,10 +115,21 @@ def test_demo_on_embedded_services_stores_what_the_town_sent(
     assert rejected is not None
     assert rejected[1] == rejected[2]
     assert "invalid_json" in rejected[1]
+    # The energy lines come from the energy stage's views, each beside the truth.
     assert re.search(
-        r"public lighting energy, lyon-3e: [\d.,]+ kWh measured, [\d.,]+ kWh true", out
+        r"éclairage public / public lighting, lyon-3e: [\d ]+,\d\d kWh \(vrai / true [\d ]+,"
+        r"\d\d, ±[\d ]+,\d\d\) .* kWh par luminaire-nuit",
+        out,
     )
-    assert re.search(r"server room, lyon-3e: .* PUE 1\.\d\d \(true 1\.\d\d\)", out)
+    assert re.search(r"économies par gradation / saved by dimming: [\d ]+,\d\d kWh", out)
+    assert re.search(r"armoires / cabinets: .* écart \(pertes en ligne", out)
+    assert re.search(r"salle serveurs / server room, lyon-3e: PUE 1,\d{3} +\(vrai / true 1,", out)
+    assert re.search(
+        r"consommation du service / the service's own: [\d,]+ kWh par / per 1 000 relevés "
+        r"/ readings \(cpu_time\)",
+        out,
+    )
+    assert report_energy_ok(out)
     assert "customer leaks injected: lyon-3e/" in out
     assert "not assessed: continuous flow needs 2 whole local days" in out
     assert re.search(r"historique / history: 28 days of the water network before the period .*"
