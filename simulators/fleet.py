@@ -45,6 +45,9 @@ from simulators.truth import Truth
 
 log = logging.getLogger("sobriety.simulate")
 
+SITE_METERS = frozenset({"pump_meter", "facility_meter", "it_meter"})
+"""The kinds whose true totals the truth marks at every sample (:meth:`Truth.between`)."""
+
 Progress = Callable[[int, int], None]
 """Told (steps done, steps in all) after every simulation step."""
 Backfilled = Callable[[str, bytes, float], None]
@@ -95,6 +98,7 @@ class Fleet:
         self.client_prefix = client_prefix
         self.truth = Truth(scenario.name, town.seed, self.t0, self.t0 + self.days * 86400.0)
         self.models: list[SiteModel] = []
+        self.model_of: dict[str, SiteModel] = {}
         self.groups: list[Group] = []
         self.gateways: list[Gateway] = []
         self.where: dict[tuple[str, str], tuple[int, int]] = {}
@@ -162,6 +166,7 @@ class Fleet:
         for site_town in self.town.sites:
             model = SiteModel(site_town, self.scenario, self.t0, self.rng)
             self.models.append(model)
+            self.model_of[site_town.spec.site] = model
             site = site_town.spec.site
             if site_town.luminaires:
                 gw = self._gateway(site, "gw-lighting")
@@ -256,7 +261,7 @@ class Fleet:
 
     def _luminaire(self, gi: int, i: int) -> tuple[SiteModel, int]:
         group = self.groups[gi]
-        model = next(m for m in self.models if m.town.spec.site == group.site)
+        model = self.model_of[group.site]
         return model, model.town.luminaires.index(group.ids[i])
 
     def _expected_wh(self, key: tuple[int, int], until: float) -> float:
@@ -349,6 +354,9 @@ class Fleet:
                 key = (gi, i)
                 if faults.silent(key, t):
                     continue
+                if group.kind in SITE_METERS:
+                    wh, m3 = self.model_of[group.site].meter_truth(group.kind)
+                    self.truth.mark(f"{group.site}/{group.ids[i]}", t, wh, m3)
                 shown = meters.reported(key, t, values)
                 if group.sample(i, t, faults.stamp(key, t), shown, meters.skip(key, t)):
                     self._flush(gi, i, t)

@@ -348,6 +348,15 @@ class SiteModel:
     def meter_values(self) -> dict[str, FloatArray]:
         return {"volume": self.cust_volume}
 
+    def meter_truth(self, kind: str) -> tuple[float, float]:
+        """A site meter's true energy [Wh] and volume [m³] since the start (``pump_meter``,
+        ``facility_meter``, ``it_meter``)."""
+        if kind == "pump_meter":
+            return self.pump_energy_true, self.pump_volume_true
+        if kind == "facility_meter":
+            return self.facility_energy_true, 0.0
+        return self.it_energy_true, 0.0
+
     def pump_values(self) -> dict[str, FloatArray]:
         return {
             k: np.array([v])

@@ -16,6 +16,7 @@ pump moved [m³] over the run.
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ class Truth:
     # Per "{site}/{cabinet}/{night}": the cabinet meter's true energy [kWh].
     cabinet_nights: dict[str, float] = field(default_factory=dict)
     water: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Per "{site}/{device}" of the site meters (pump, facility, IT): [t, true Wh, true m³]
+    # accumulated since the start, at each of the meter's samples (what a window of its
+    # readings really measured: see :meth:`between`).
+    meter_marks: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def expect_rejection(self, reason: str) -> None:
         """One more message the ingest must reject with ``reason``."""
@@ -53,6 +58,21 @@ class Truth:
     def count_fault(self, kind: str) -> None:
         """One more injected fault of ``kind``."""
         self.faults[kind] = self.faults.get(kind, 0) + 1
+
+    def mark(self, key: str, t: float, wh: float, m3: float) -> None:
+        """A site meter's true totals since the start at its sample at ``t`` [s, Wh, m³]."""
+        self.meter_marks.setdefault(key, []).append([t, wh, m3])
+
+    def between(self, key: str, t0: float, t1: float) -> tuple[float, float] | None:
+        """The true energy [Wh] and volume [m³] of site meter ``key`` between its samples at
+        ``t0`` and ``t1`` (the last sample at or before each) — what the readings of that window
+        must add up to; ``None`` when the meter has no sample at or before ``t0``."""
+        marks = self.meter_marks.get(key, [])
+        times = [m[0] for m in marks]
+        i, j = bisect_right(times, t0) - 1, bisect_right(times, t1) - 1
+        if i < 0 or j < i:
+            return None
+        return marks[j][1] - marks[i][1], marks[j][2] - marks[i][2]
 
     def write(self, path: Path) -> None:
         """Write as JSON."""
