@@ -27,10 +27,10 @@ at sunrise. Rows are written by binary ``COPY`` (a backfill), prepared with nump
    Checked before timing: the raw SQL and the stage agree on every group-night's luminaires
    and kWh per luminaire, and on every luminaire-night, within the counter's resolution
    (1 Wh); the bench fails otherwise. The raw SQL applies no counter rule (no glitch, reset
-   or rollover here): it does less than the stage. Then EXPLAIN ANALYZE of the year's query,
-   and a prototype of a fix: a per-group-night table (what the service could keep beside
-   ``luminaire_nights``), its year query, and what keeping it costs a pass; and the view's
-   query with the street length taken once per group (checked equal to the view's rows).
+   or rollover here): it does less than the stage. Then EXPLAIN ANALYZE of the year's query
+   (the view reads ``lighting_group_nights``, one row per group and night, kept by triggers
+   on ``luminaire_nights``), and what keeping that table costs a pass: rewriting the 4
+   nights a 3-day pass touches with its triggers and with them disabled.
 2. **The incremental pass of a 10,000-luminaire town, per day.** One more local day of raw
    readings (energy, power, dim: 3 x 96 per luminaire) is written, then timed, each run: the
    service's path — ``core.rollup.refresh`` of that day, then ``energy.service.recompute``
@@ -268,33 +268,9 @@ FROM per_luminaire p LEFT JOIN luminaire_nights n
 VIEW = """SELECT site, lighting_group, night, luminaires, kwh, kwh_per_luminaire, lit_hours,
        saved_kwh, kwh_per_km, complete
 FROM api.lighting_nights WHERE night BETWEEN %(a)s AND %(b)s"""
-PROTO_TABLE = "bench_group_nights"
-PROTO = f"""SELECT site, lighting_group, night, luminaires, kwh, kwh_per_luminaire, lit_hours,
-       saved_kwh, kwh_per_km, complete
-FROM {PROTO_TABLE} WHERE night BETWEEN %(a)s AND %(b)s"""
-VIEW_REWRITTEN = """WITH km AS (
-    SELECT site, lighting_group,
-           max(CASE WHEN properties ->> 'street_km' ~ '^[0-9]+(\\.[0-9]+)?$'
-                    THEN (properties ->> 'street_km')::float8 END) AS street_km
-    FROM devices WHERE kind = 'luminaire' GROUP BY site, lighting_group),
-groups AS (
-    SELECT d.site, d.lighting_group, n.night, count(*) AS luminaires,
-           avg(n.lit_hours) AS lit_hours, sum(n.kwh) AS kwh, sum(n.baseline_kwh) AS baseline_kwh,
-           bool_and(n.complete AND n.baseline_kwh IS NOT NULL) AS complete
-    FROM luminaire_nights n JOIN devices d ON d.id = n.device_id
-    WHERE n.night BETWEEN %(a)s AND %(b)s
-    GROUP BY d.site, d.lighting_group, n.night)
-SELECT g.site, g.lighting_group, g.night, g.luminaires, g.kwh, g.kwh / g.luminaires, g.lit_hours,
-       g.baseline_kwh - g.kwh, CASE WHEN k.street_km > 0 THEN g.kwh / k.street_km END, g.complete
-FROM groups g LEFT JOIN km k ON k.site = g.site AND k.lighting_group IS NOT DISTINCT FROM
-     g.lighting_group"""
-"""The view's query with the street length taken once per group (not parsed from every
-luminaire-night's row): what a migration could change without a new table."""
-PROTO_REFRESH = (
-    f"DELETE FROM {PROTO_TABLE} WHERE night BETWEEN %(a)s AND %(b)s",
-    f"INSERT INTO {PROTO_TABLE} SELECT * FROM api.lighting_nights"
-    " WHERE night BETWEEN %(a)s AND %(b)s",
-)
+REWRITE = """UPDATE luminaire_nights SET kwh = kwh + 0.0, computed_at = now()
+WHERE night BETWEEN %(a)s AND %(b)s"""
+"""What a pass writes for the nights it touches: every luminaire's row of them again."""
 
 
 def remark(conn: psycopg.Connection, lo: int, hi: int) -> None:
@@ -459,61 +435,33 @@ def part1(conn: psycopg.Connection, town: Town, ids: list[int], nights: int, run
     )
     print("  EXPLAIN ANALYZE of the view over the year:")
     explain(conn, VIEW, year)
-    prototype(conn, runs, year, sample)
+    upkeep(conn, runs, sample)
 
 
-def prototype(
-    conn: psycopg.Connection, runs: int, year: dict[str, Any], sample: dict[str, Any]
-) -> None:
-    """A per-group-night table as the service could keep it: its year query, and the cost of
-    rewriting the 4 nights a 3-day pass touches (with an index on luminaire_nights (night))."""
-    started = time.perf_counter()
-    conn.execute(f"CREATE TABLE {PROTO_TABLE} AS SELECT * FROM api.lighting_nights")
-    conn.execute(f"ALTER TABLE {PROTO_TABLE} ADD PRIMARY KEY (night, site, lighting_group)")
-    conn.execute("CREATE INDEX bench_luminaire_nights_night ON luminaire_nights (night)")
+def upkeep(conn: psycopg.Connection, runs: int, sample: dict[str, Any]) -> None:
+    """What keeping lighting_group_nights costs a pass: rewriting the 4 nights a 3-day pass
+    touches, with the triggers and with them disabled, in alternating order."""
+    nights = {"a": sample["b"] - timedelta(days=3), "b": sample["b"]}
+    measures: dict[bool, list[float]] = {True: [], False: []}
+    for run in range(runs):
+        for on in (True, False) if run % 2 == 0 else (False, True):
+            action = "ENABLE" if on else "DISABLE"
+            conn.execute(
+                f"ALTER TABLE luminaire_nights {action} TRIGGER lighting_group_nights_update"
+            )
+            conn.commit()
+            started = time.perf_counter()
+            conn.execute(REWRITE, nights)
+            conn.commit()
+            measures[on].append(time.perf_counter() - started)
+    conn.execute("ALTER TABLE luminaire_nights ENABLE TRIGGER lighting_group_nights_update")
     conn.commit()
-    conn.autocommit = True
-    conn.execute(f"VACUUM ANALYZE {PROTO_TABLE}")
-    conn.execute("ANALYZE luminaire_nights")
-    conn.autocommit = False
+    ratio = [w / o for w, o in zip(measures[True], measures[False], strict=True)]
     print(
-        f"  prototype: table {PROTO_TABLE} (the view's rows per group-night, primary key "
-        f"(night, site, lighting_group)) and an index on luminaire_nights (night), built in "
-        f"{time.perf_counter() - started:.1f} s"
+        f"  rewriting the 4 nights of a 3-day pass ({nights['a']} .. {nights['b']}): "
+        f"{spread(measures[True], 3, ' s')} with the group nights kept, "
+        f"{spread(measures[False], 3, ' s')} without; ratio {spread(ratio, 2, 'x')}"
     )
-    rewritten: list[float] = []
-    for _ in range(runs):
-        seconds, rows = timed(conn, VIEW_REWRITTEN, year)
-        rewritten.append(seconds)
-    view = {(r[0], r[1], r[2]): r for r in timed(conn, VIEW, year)[1]}
-    same = len(view) == len(rows) and all(
-        all(
-            a == b or (a is not None and b is not None and abs(a - b) <= 1e-9 * max(1.0, abs(a)))
-            for a, b in zip(view[(r[0], r[1], r[2])][3:], r[3:], strict=True)
-        )
-        for r in rows
-    )
-    if not same:
-        raise SystemExit("MISMATCH: the rewritten view's query differs from api.lighting_nights")
-    print(
-        f"    the view's query with street_km once per group (no table), over the year: "
-        f"{spread(rewritten, 3, ' s')}"
-    )
-    table_year: list[float] = []
-    view_sample: list[float] = []
-    keep: list[float] = []
-    pass_nights = {"a": sample["b"] - timedelta(days=3), "b": sample["b"]}
-    for _ in range(runs):
-        table_year.append(timed(conn, PROTO, year)[0])
-        view_sample.append(timed(conn, VIEW, sample)[0])
-        started = time.perf_counter()
-        for sql in PROTO_REFRESH:
-            conn.execute(sql, pass_nights)
-        conn.commit()
-        keep.append(time.perf_counter() - started)
-    print(f"    the table over the year: {spread(table_year, 3, ' s')}")
-    print(f"    the view over the sample, with the index on night: {spread(view_sample, 3, ' s')}")
-    print(f"    rewriting its 4 nights of a 3-day pass from the view: {spread(keep, 3, ' s')}")
 
 
 def naive(

@@ -59,6 +59,10 @@ GROUP BY of the raw table (server CPU 1.2 to 1.5 times), a refresh after an hour
 
 **TimescaleDB.** Where the extension is in use, ``readings_hourly`` is a continuous aggregate of
 the same name and columns (``core/db.py``), and :func:`refresh` runs its refresh policy now.
+
+**Followers.** Each chunk also logs the pairs it recomputed to ``readings_hourly_changes`` and
+each refresh prunes what its followers have read (:mod:`core.rollup_changes`): how a stage that
+derives its tables from the rollup learns of late data of any age.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from typing import Any, LiteralString
 
 import psycopg
 
+from core import rollup_changes
 from core.db import DatabaseError, is_continuous_aggregate
 
 __all__ = ["DEFAULT_BATCH_HOURS", "DENSE_SHARE", "RefreshReport", "dense", "refresh"]
@@ -238,6 +243,8 @@ def refresh(conn: psycopg.Connection, batch_hours: int = DEFAULT_BATCH_HOURS) ->
                 break
             after, counts = step
             totals = [t + c for t, c in zip(totals, (*counts, 1), strict=True)]
+        with conn.transaction():
+            rollup_changes.prune(conn)
     except psycopg.errors.UndefinedTable as exc:
         raise DatabaseError(f"no rollup tables ({exc}): run `sobriety db upgrade`") from None
     claimed, device_hours, written, deleted, chunks = totals
@@ -271,6 +278,7 @@ def _chunk(
     if not claimed:
         return None
     written, deleted = _write(conn, chunk_devices, hours, metrics, devices)
+    rollup_changes.record(conn, chunk_devices, hours)  # for the stages that follow the rollup
     return str(last), (int(claimed), len(hours), written, deleted)
 
 

@@ -54,6 +54,9 @@ class EnergyConfig(Section):
     own_sample_s: float = Field(
         60.0, ge=1, le=3600, description="each service process samples its own CPU time every [s]"
     )
+    own_keep_days: int = Field(
+        35, ge=2, le=3660, description="days of CPU samples kept (older ones are deleted) [d]"
+    )
     own_min_watts_per_core: float = Field(
         CCF_MIN_W, ge=0, description="power of an idle core, the cpu_time method [W]"
     )

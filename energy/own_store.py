@@ -126,5 +126,13 @@ def refresh_service_energy(
     for f in figures.values():
         f.complete &= edges[1:] <= now
     written = save_days(conn, days, figures, config)
+    prune_samples(conn, now - config.own_keep_days * 86400.0)
     conn.commit()
     return written
+
+
+def prune_samples(conn: psycopg.Connection, before: float) -> int:
+    """Delete the CPU samples taken before ``before`` [s] (their days are computed: the days
+    stay, they can no longer be recomputed); rows deleted. The caller's transaction."""
+    cur = conn.execute("DELETE FROM service_cpu_samples WHERE sampled_at < %s", (utc(before),))
+    return cur.rowcount

@@ -17,8 +17,10 @@ of readings on either side, so a day's first and last intervals are whole.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -29,7 +31,7 @@ import numpy as np
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from core import rollup
+from core import rollup, rollup_changes
 from core.db import connect
 from energy import cabinets, store
 from energy.config import EnergyConfig
@@ -53,6 +55,9 @@ log = logging.getLogger(__name__)
 NIGHTLY = ("luminaire", "cabinet_meter")
 """The kinds whose energy is also accounted per night (local noon to noon)."""
 
+FOLLOWER = "energy"
+"""This stage's name among the rollup's followers (:mod:`core.rollup_changes`)."""
+
 MARGIN_S = 86400.0
 """Readings read beyond each end of the period [s]: the intervals that cross its midnights."""
 
@@ -66,6 +71,16 @@ class RecomputeReport:
     days_written: int = 0
     nights_written: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
+    late_devices: int = 0  # recomputed for changes older than the rescan (service passes)
+
+    def add(self, other: RecomputeReport) -> None:
+        """Count ``other``'s work in this report too."""
+        self.sites += other.sites
+        self.devices += other.devices
+        self.days_written += other.days_written
+        self.nights_written += other.nights_written
+        for source, n in other.by_source.items():
+            self.by_source[source] = self.by_source.get(source, 0) + n
 
 
 def _float(value: Any) -> float | None:
@@ -110,13 +125,16 @@ def recompute(
     since: float,
     until: float,
     site: str | None = None,
+    devices: Collection[int] | None = None,
 ) -> RecomputeReport:
     """Compute and store the local days from the one of ``since`` to the one of ``until`` [s]
-    of every metered device (of ``site``), one transaction per chunk of devices."""
+    of every metered device (of ``site``; only those of ids ``devices`` when given), one
+    transaction per chunk of devices."""
     report = RecomputeReport()
     store.sync_settings(conn, config.pue_category)
     conn.commit()
-    for name, timezone in store.sites(conn, site):
+    only = None if devices is None else set(devices)
+    for name, timezone in store.sites(conn, site, only):
         zone = ZoneInfo(timezone)
         first = datetime.fromtimestamp(since, zone).date()
         last = datetime.fromtimestamp(until, zone).date()
@@ -129,19 +147,38 @@ def recompute(
             + [datetime.combine(last + timedelta(days=1), dtime(12), zone).timestamp()]
         )
         lo, hi = edges[0] - MARGIN_S, edges[-1] + MARGIN_S
-        devices = store.metered_devices(conn, name, lo, hi)
+        metered = store.metered_devices(conn, name, lo, hi)
+        if only is not None:
+            metered = [d for d in metered if d.device_id in only]
         conn.commit()
         report.sites += 1
-        for start in range(0, len(devices), config.chunk_devices):
-            chunk = devices[start : start + config.chunk_devices]
+        for start in range(0, len(metered), config.chunk_devices):
+            chunk = metered[start : start + config.chunk_devices]
             _chunk(conn, config, chunk, (edges, days), (night_edges, nights), lo, hi, report)
             conn.commit()
         cabinets.complete_nights(conn, name, nights[0], nights[-1])  # once its lamps are done
         pin_factors(conn, name, sorted(set(days) | set(nights)))  # CO2e and tariff in force
         conn.commit()
-    if site is None:  # the service's own consumption is install-wide
+    if site is None and devices is None:  # the service's own consumption is install-wide
         refresh_service_energy(conn, config, since, until)
     return report
+
+
+def late_changes(
+    changes: rollup_changes.Changes, window_since: float
+) -> tuple[float, float, list[int]] | None:
+    """The period [s] and devices to recompute for the changes ``changes`` holds before a
+    rescan starting at ``window_since`` [s] (its first local day's hours are the rescan's):
+    from a day before the earliest changed hour (an interval that ends in it starts there) to
+    a day after the latest, cut where the rescan begins; ``None`` when there are none."""
+    first, last, ids = math.inf, -math.inf, []
+    for device_id, (lo, hi) in changes.hours.items():
+        if lo - MARGIN_S < window_since:
+            ids.append(device_id)
+            first, last = min(first, lo - MARGIN_S), max(last, hi + 3600.0 + MARGIN_S)
+    if not ids:
+        return None
+    return first, min(last, window_since - 1.0), sorted(ids)
 
 
 Bins = tuple[np.ndarray, list[date]]
@@ -316,9 +353,16 @@ class EnergyService:
             with connect(self._conninfo, autocommit=True) as conn:
                 rollup.refresh(conn)
             with connect(self._conninfo) as conn:
-                report = recompute(
-                    conn, self.config, now - (self.config.rescan_days - 1) * 86400.0, now
-                )
+                changes = rollup_changes.follow(conn, FOLLOWER)
+                since = now - (self.config.rescan_days - 1) * 86400.0
+                report = recompute(conn, self.config, since, now)
+                late = late_changes(changes, since) if changes.whole else None
+                if late is not None:  # late data older than the rescan: its days again
+                    report.add(recompute(conn, self.config, late[0], late[1], devices=late[2]))
+                    report.late_devices = len(late[2])
+                    log.info("energy: late data of %d devices recomputed", len(late[2]))
+                rollup_changes.advance(conn, FOLLOWER, changes.upto)
+                conn.commit()
         except Exception as exc:  # noqa: BLE001 - the service keeps going
             log.warning("energy: pass failed (%s); retrying", exc)
             self.failures.inc()

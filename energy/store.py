@@ -8,7 +8,7 @@ Times cross as seconds since the epoch (``extract(epoch …)``) and timestamps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -47,11 +47,17 @@ class MeteredDevice:
     reporting: dict[str, Any] | None  # the reporting of its published config, if any
 
 
-def sites(conn: psycopg.Connection, site: str | None = None) -> list[tuple[str, str]]:
-    """(site, time zone) of every site, or of one."""
+def sites(
+    conn: psycopg.Connection, site: str | None = None, devices: Collection[int] | None = None
+) -> list[tuple[str, str]]:
+    """(site, time zone) of every site, or of one; only those of ids ``devices`` when given."""
     rows = conn.execute(
-        "SELECT site, timezone FROM sites WHERE %(s)s::text IS NULL OR site = %(s)s ORDER BY 1",
-        {"s": site},
+        """SELECT site, timezone FROM sites
+           WHERE (%(s)s::text IS NULL OR site = %(s)s)
+             AND (%(d)s::integer[] IS NULL
+                  OR site IN (SELECT site FROM devices WHERE id = ANY(%(d)s::integer[])))
+           ORDER BY 1""",
+        {"s": site, "d": None if devices is None else sorted(devices)},
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
 

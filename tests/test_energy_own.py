@@ -26,7 +26,7 @@ from app.services import serve_stage
 from core.db import upgrade
 from energy.config import CCF_SOURCE, EnergyConfig
 from energy.integrate import day_edges
-from energy.own_store import refresh_service_energy
+from energy.own_store import refresh_service_energy, save_samples
 from energy.own_use import (
     Coefficients,
     OwnSample,
@@ -356,3 +356,22 @@ def test_serve_stage_meters_the_stage(db_url: str) -> None:
         signal.signal(signal.SIGINT, handlers[1])
     where = "role = 'stage-under-test' AND pid = %s AND final"
     assert wait_rows(db_url, where, (os.getpid(),), 1) == 1
+
+
+@pytest.mark.services
+def test_samples_older_than_own_keep_days_are_deleted_and_their_days_stay(own_db: str) -> None:
+    config = EnergyConfig(own_keep_days=10)
+    now = T0 + 40 * 86400.0
+    old = series([T0 + 3600 + 600 * k for k in range(6)], 0.1, 0.4, 2.0, pid=1)
+    recent = series([now - 3600 + 600 * k for k in range(6)], 0.1, 0.4, 2.0, pid=2)
+    with psycopg.connect(own_db) as conn:
+        assert save_samples(conn, [*old, *recent]) == 12
+        conn.commit()
+        refresh_service_energy(conn, config, T0, T0, now=now)  # the old day, then the prune
+        left = conn.execute("SELECT pid, count(*) FROM service_cpu_samples GROUP BY pid")
+        assert dict(left.fetchall()) == {2: 6}
+        day = conn.execute(
+            "SELECT cpu_seconds FROM api.service_energy_daily WHERE day = %s", (D0,)
+        ).fetchone()
+    assert day is not None
+    assert_allclose(day[0], 0.1 * 3000)

@@ -160,6 +160,14 @@ def _truth(conn: psycopg.Connection, site: str, first: date) -> dict[str, Any]:
         "WHERE d.site = %(site)s AND v.day >= %(first)s AND v.day < %(end)s",
         args,
     ).fetchone()
+    paired = conn.execute(  # the month's PUE: over the days with both energies (0017)
+        "SELECT sum(f.kwh), sum(i.kwh) FROM energy_daily f "
+        "JOIN devices df ON df.id = f.device_id AND df.kind = 'facility_meter' "
+        "JOIN energy_daily i ON i.day = f.day AND i.kwh > 0 "
+        "JOIN devices di ON di.id = i.device_id AND di.kind = 'it_meter' AND di.site = df.site "
+        "WHERE df.site = %(site)s AND f.day >= %(first)s AND f.day < %(end)s",
+        args,
+    ).fetchone()
     service = conn.execute(
         "SELECT (SELECT sum(kwh) FROM service_energy_daily WHERE day >= %(first)s "
         "AND day < %(end)s), (SELECT sum(readings)::float8 FROM device_reporting_daily "
@@ -170,6 +178,7 @@ def _truth(conn: psycopg.Connection, site: str, first: date) -> dict[str, Any]:
     assert energy is not None
     assert volume is not None
     assert service is not None
+    assert paired is not None
     kwh, baseline, nights = lighting[0], lighting[1], lighting[2]
     pump_kwh, fac, it = energy[0], energy[1], energy[2]
     return {
@@ -179,7 +188,8 @@ def _truth(conn: psycopg.Connection, site: str, first: date) -> dict[str, Any]:
         "eur": lighting[5], "saved_eur": lighting[6], "nights": lighting[7],
         "missing_hours": energy[3], "pump_kwh": pump_kwh, "m3": volume[0],
         "kwh_per_m3": pump_kwh / volume[0], "pump_eur": energy[4],
-        "volume_missing_hours": volume[1], "facility_kwh": fac, "it_kwh": it, "pue": fac / it,
+        "volume_missing_hours": volume[1], "facility_kwh": fac, "it_kwh": it,
+        "pue": paired[0] / paired[1],
         "service_kwh": service[0], "readings": service[1],
         "kwh_per_1000_readings": service[0] / service[1] * 1000 if service[0] else None,
     }  # fmt: skip
