@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import shlex
 import struct
@@ -43,12 +44,17 @@ def _fr(value: float, digits: int) -> str:
     return f"{value:,.{digits}f}".replace(",", NNBSP).replace(".", ",")
 
 
-def _fill(conn: psycopg.Connection, site: str, first: date, *, tariff: bool = True) -> None:
+def _fill(conn: psycopg.Connection, site: str, first: date, *, tariff: bool = True,
+          cabinets: bool = True, street: bool = True) -> None:  # fmt: skip
     """A site with three luminaires in two groups, a pump, a server room, one month of figures
     in the stage's tables (and a night or day on either side, outside the month), with a gap in
     every section: luminaire 3 absent on the 5th night, luminaire 1 incomplete on the 10th
     (1.5 h missing), the IT meter absent on the 20th, the pump's volume missing 2 h on the 7th.
-    CO₂e pinned to the seeded ADEME factor, a tariff of 0.2 €/kWh pinned (``tariff``)."""
+    CO₂e pinned to the seeded ADEME factor, a tariff of 0.2 €/kWh pinned (``tariff``). Group a
+    has 0.4 km of street (``street``). Two cabinets (``cabinets``): cab-1 feeds luminaires 1
+    and 2 (one of them without its night on the 3rd), its energy incomplete on the 15th (2 h
+    missing); cab-2 feeds three luminaires with no meter of their own (the baseline from the
+    program), absent on the 12th night."""
     conn.execute("INSERT INTO sites (site, name) VALUES (%s, 'Test-sur-Mer')", (site,))
     ids = register(conn, site, ("lum-1", "luminaire"), ("lum-2", "luminaire"),
                    ("lum-3", "luminaire"), ("pump-1", "pump_meter"),
@@ -58,6 +64,15 @@ def _fill(conn: psycopg.Connection, site: str, first: date, *, tariff: bool = Tr
             "UPDATE devices SET lighting_group = %s, nominal_power_w = %s WHERE id = %s",
             (group, watts, ids[device]),
         )
+    if street:
+        conn.execute(
+            "UPDATE devices SET properties = properties || '{\"street_km\": 0.4}' "
+            "WHERE site = %s AND lighting_group = 'a'",
+            (site,),
+        )
+    cabs = register(conn, site, ("cab-1", "cabinet_meter"), ("cab-2", "cabinet_meter")) if (
+        cabinets
+    ) else {}  # fmt: skip
     days = (_next(first) - first).days
     for offset in range(-1, days + 1):
         day = first + timedelta(days=offset)
@@ -73,6 +88,8 @@ def _fill(conn: psycopg.Connection, site: str, first: date, *, tariff: bool = Tr
                 (ids[device], day, kwh, watts * 12 / 1000, done),
             )
             _day(conn, ids[device], day, kwh * 1.01, 0.0 if done else 1.5)
+        if cabinets:
+            _cabinet_nights(conn, cabs, day, n)
         _day(conn, ids["pump-1"], day, 40 + n, 0.0)
         conn.execute(
             "INSERT INTO pumping_volume_daily (device_id, day, m3, complete, missing_hours) "
@@ -113,6 +130,24 @@ def _fill(conn: psycopg.Connection, site: str, first: date, *, tariff: bool = Tr
             "%s FROM generate_series(%s::date, %s::date, '1 day') d",
             (site, kind, factor_id, first - timedelta(days=1), _next(first)),
         )
+
+
+def _cabinet_nights(conn: psycopg.Connection, cabs: dict[str, int], day: date, n: int) -> None:
+    """The nights of the two cabinets of :func:`_fill` (``n``: the day of the month)."""
+    lum = [0.25 + 0.01 * n + 0.03 * i for i in (1, 2)]  # luminaires 1 and 2, as _fill writes
+    measured = lum[:1] if n == 3 else lum
+    rows = [(cabs["cab-1"], 1.06 * sum(lum) + 0.02, n != 15, 2, len(measured), sum(measured),
+             n != 10, 2 * 0.05 * 12, 2, 0)]  # fmt: skip
+    if n != 12:
+        rows.append((cabs["cab-2"], 1.5 + 0.01 * n, True, 3, 0, None, False, 3 * 0.1 * 12, 0, 3))
+    for row in rows:
+        conn.execute(
+            "INSERT INTO cabinet_nights (device_id, night, kwh, complete, luminaires, measured, "
+            "luminaires_kwh, luminaires_complete, baseline_kwh, baseline_telemetry, "
+            "baseline_program) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (row[0], day, *row[1:]),
+        )
+        _day(conn, row[0], day, row[1], 2.0 if n == 15 and row[0] == cabs["cab-1"] else 0.0)
 
 
 def _day(conn: psycopg.Connection, device_id: int, day: date, kwh: float, missing: float) -> None:
@@ -192,6 +227,44 @@ def _truth(conn: psycopg.Connection, site: str, first: date) -> dict[str, Any]:
         "pue": paired[0] / paired[1],
         "service_kwh": service[0], "readings": service[1],
         "kwh_per_1000_readings": service[0] / service[1] * 1000 if service[0] else None,
+    }  # fmt: skip
+
+
+def _cabinet_truth(conn: psycopg.Connection, site: str, first: date) -> dict[str, Any]:
+    """The month of the cabinets and the kWh per km of street, counted here in Python over the
+    rows :func:`_fill` wrote (cabinet_nights, luminaire_nights, the devices' street_km)."""
+    rows = conn.execute(
+        "SELECT d.device, c.kwh, c.complete, c.luminaires, c.measured, c.luminaires_kwh, "
+        "c.baseline_kwh, c.baseline_telemetry, c.baseline_program FROM cabinet_nights c "
+        "JOIN devices d ON d.id = c.device_id WHERE d.site = %s AND c.night >= %s "
+        "AND c.night < %s",
+        (site, first, _next(first)),
+    ).fetchall()
+    compared = [r for r in rows if r[3] and r[4] == r[3]]  # every luminaire fed has its night
+    program = [r for r in rows if r[3] and r[8] == r[3] and r[7] == 0]  # all from the program
+    lum = conn.execute(
+        "SELECT n.kwh, d.lighting_group, d.properties ->> 'street_km' FROM luminaire_nights n "
+        "JOIN devices d ON d.id = n.device_id WHERE d.site = %s AND n.night >= %s "
+        "AND n.night < %s",
+        (site, first, _next(first)),
+    ).fetchall()
+    km = {group: float(length) for _, group, length in lum if length is not None}
+    difference = math.fsum(r[1] - r[5] for r in compared)
+    saved = math.fsum(r[6] - r[1] for r in program)
+    baseline = math.fsum(r[6] for r in program)
+    return {
+        "cabinets": len({r[0] for r in rows}), "cabinet_nights": len(rows),
+        "complete": sum(bool(r[2]) for r in rows), "kwh": math.fsum(r[1] for r in rows),
+        "luminaire_nights": sum(r[3] for r in rows), "measured": sum(r[4] for r in rows),
+        "luminaires_kwh": math.fsum(r[5] for r in rows if r[5] is not None),
+        "compared": len(compared), "difference_kwh": difference,
+        "difference_fraction": difference / math.fsum(r[1] for r in compared),
+        "program_nights": len(program), "program_baseline_kwh": baseline,
+        "program_saved_kwh": saved, "program_saved_fraction": saved / baseline,
+        "groups": len({group for _, group, _ in lum}), "km_groups": len(km),
+        "street_km": math.fsum(km.values()),
+        "kwh_per_km": math.fsum(k for k, group, _ in lum if group in km) / math.fsum(km.values())
+        if km else None,
     }  # fmt: skip
 
 
@@ -304,6 +377,178 @@ def test_json_and_csv_carry_the_exact_figures_and_their_completeness(
         truth["kwh_per_1000_readings"]
     )
     assert {r["figure"] for r in rows if r["section"] == "factors"} == {"co2e", "tariff"}
+
+
+CABINETS_FR = "Armoires d'éclairage (compteur de l'armoire, ses luminaires)"
+CABINETS_EN = "Lighting cabinets (the cabinet meter beside its luminaires)"
+LIGHTING_FR = "Éclairage public (nuits dont la soirée tombe dans le mois)"
+LIGHTING_EN = "Public lighting (nights whose evening falls in the month)"
+
+
+def test_cabinets_beside_their_luminaires_and_kwh_per_km_in_table_csv_and_json(
+    conn: psycopg.Connection, db_url: str, site: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill(conn, site, MARCH)
+    t = _cabinet_truth(conn, site, MARCH)
+    # The rows _fill wrote: two cabinets, cab-2 absent on the 12th, cab-1 measured by halves on
+    # the 3rd (not compared) and cab-2 never (its baseline the program's).
+    assert (t["cabinets"], t["cabinet_nights"], t["complete"]) == (2, 61, 60)
+    assert (t["compared"], t["program_nights"], t["km_groups"], t["groups"]) == (30, 30, 1, 2)
+    code, out, _ = _report(db_url, "--site", site, "--month", "2025-03", capsys=capsys)
+    assert code == 0
+    assert out.index(LIGHTING_FR) < out.index(CABINETS_FR) < out.index("\nPompage\n")
+    cab = _section(out, CABINETS_FR)
+    assert cab["complétude"] == (
+        "INCOMPLET : nuits complètes 29/31 (31 avec données) ; heures manquantes 2,0 h ; "
+        "armoires-nuits absents : 1"
+    )
+    assert cab["armoires"] == "2"
+    assert cab["armoires-nuits"] == "61"
+    assert cab["armoires-nuits complètes"] == "60 / 61"
+    assert cab["énergie des armoires"] == f"{_fr(t['kwh'], 1)} kWh"
+    assert cab["énergie de leurs luminaires"] == f"{_fr(t['luminaires_kwh'], 1)} kWh (partiel)"
+    assert cab["luminaires mesurés"] == f"{t['measured']} / {t['luminaire_nights']}"
+    assert cab["pertes et charges inconnues"] == f"{_fr(t['difference_kwh'], 1)} kWh (partiel)"
+    assert cab["part pertes et inconnues"] == (
+        f"{_fr(100 * t['difference_fraction'], 1)} % (partiel)"
+    )
+    assert cab["armoires-nuits comparées"] == "30 / 61"
+    assert cab["nuits à réf. des programmes"] == "30 / 61"
+    assert cab["référence des programmes"] == f"{_fr(t['program_baseline_kwh'], 1)} kWh"
+    assert cab["économie (réf. programmes)"] == f"{_fr(t['program_saved_kwh'], 1)} kWh"
+    assert cab["économie relative (progr.)"] == (f"{_fr(100 * t['program_saved_fraction'], 1)} %")
+    light = _section(out, LIGHTING_FR)
+    assert light["kWh par km de rue"] == f"{_fr(t['kwh_per_km'], 1)} kWh/km"
+    assert light["groupes avec longueur de rue"] == "1 / 2"
+    assert light["longueur de rue"] == "0,40 km"
+
+    code, out, _ = _report(db_url, "--site", site, "--month", "2025-03", "--format", "csv",
+                           capsys=capsys)  # fmt: skip
+    by = {(r["section"], r["figure"]): r for r in csv.DictReader(io.StringIO(out))}
+    row = by["cabinets", "kwh"]
+    assert float(row["value"]) == pytest.approx(t["kwh"], rel=1e-12)
+    assert (row["unit"], row["status"], row["label"]) == ("kWh", "incomplete",
+                                                          "énergie des armoires")  # fmt: skip
+    for key in ("luminaires_kwh", "difference_kwh", "program_saved_kwh", "program_baseline_kwh"):
+        assert float(by["cabinets", key]["value"]) == pytest.approx(t[key], rel=1e-12), key
+    assert by["cabinets", "difference_kwh"]["status"] == "partial"
+    assert float(by["cabinets", "difference_fraction"]["value"]) == pytest.approx(
+        100 * t["difference_fraction"], rel=1e-12
+    )
+    assert (by["cabinets", "cabinet_nights_complete"]["value"],
+            by["cabinets", "cabinet_nights_complete"]["of"]) == ("60", "61")  # fmt: skip
+    assert (by["cabinets", "complete"]["value"], by["cabinets", "complete"]["of"]) == ("29", "31")
+    assert by["cabinets", "missing_hours"]["value"] == "2.0"
+    row = by["lighting", "kwh_per_km"]
+    assert float(row["value"]) == pytest.approx(t["kwh_per_km"], rel=1e-12)
+    assert (row["unit"], row["label"]) == ("kWh/km", "kWh par km de rue")
+    assert (by["lighting", "km_groups"]["value"], by["lighting", "km_groups"]["of"]) == ("1", "2")
+
+    code, out, _ = _report(db_url, "--site", site, "--month", "2025-03", "--format", "json",
+                           capsys=capsys)  # fmt: skip
+    data = orjson.loads(out)
+    ca, li = data["cabinets"], data["lighting"]
+    assert ca["status"] == "ok"
+    for key in ("kwh", "luminaires_kwh", "difference_kwh", "difference_fraction",
+                "program_baseline_kwh", "program_saved_kwh", "program_saved_fraction"):  # fmt: skip
+        assert ca[key] == pytest.approx(t[key], rel=1e-12), key
+    for key in ("cabinet_nights", "complete", "luminaire_nights", "measured", "compared",
+                "program_nights"):  # fmt: skip
+        assert ca[key] == t[key], key
+    assert (ca["cabinets"], ca["cabinets_with_data"]) == (2, t["cabinets"])
+    assert ca["coverage"] == {"periods": 31, "elapsed": 31, "with_data": 31, "complete": 29,
+                              "missing_hours": 2.0, "absent": 1, "whole": False}  # fmt: skip
+    assert sum(n["kwh"] for n in ca["nights"]) == pytest.approx(t["kwh"])
+    # A night's difference only where every cabinet is compared: the 12th, cab-2 absent.
+    assert [n["night"] for n in ca["nights"] if n["difference_kwh"] is not None] == ["2025-03-12"]
+    assert li["kwh_per_km"] == pytest.approx(t["kwh_per_km"], rel=1e-12)
+    assert (li["km_groups"], li["groups"]) == (1, 2)
+    assert li["street_km"] == pytest.approx(t["street_km"])
+
+    # Cabinets registered and no night of theirs in the month: a gap, stated; no figure, not 0.
+    code, out, _ = _report(db_url, "--site", site, "--month", "2024-01", capsys=capsys)
+    cab = _section(out, CABINETS_FR)
+    assert cab == {
+        "complétude": "INCOMPLET : nuits complètes 0/31 (0 avec données) ; heures manquantes "
+        "0,0 h ; armoires-nuits absents : 62",
+        "armoires": "2",
+        "armoires-nuits": "aucune nuit d'armoire ce mois-ci",
+    }
+    assert _section(out, LIGHTING_FR)["kWh par km de rue"] == "pas de données"
+
+
+def test_cabinets_and_kwh_per_km_in_english(
+    conn: psycopg.Connection, db_url: str, site: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill(conn, site, MARCH)
+    t = _cabinet_truth(conn, site, MARCH)
+    code, out, _ = _report(db_url, "--site", site, "--month", "2025-03", "--lang", "en",
+                           capsys=capsys)  # fmt: skip
+    assert code == 0
+    assert "Armoires" not in out
+    cab = _section(out, CABINETS_EN)
+    assert cab["completeness"] == (
+        "INCOMPLETE: complete nights 29/31 (31 with data); missing hours 2.0 h; "
+        "absent cabinet-nights: 1"
+    )
+    assert cab["cabinets"] == "2"
+    assert cab["cabinet-nights complete"] == "60 / 61"
+    assert cab["cabinet energy"] == f"{t['kwh']:,.1f} kWh"
+    assert cab["their luminaires' energy"] == f"{t['luminaires_kwh']:,.1f} kWh (partial)"
+    assert cab["losses and unknown loads"] == f"{t['difference_kwh']:,.1f} kWh (partial)"
+    assert cab["share lost or unknown"] == f"{100 * t['difference_fraction']:,.1f} % (partial)"
+    assert cab["saved (program baseline)"] == f"{t['program_saved_kwh']:,.1f} kWh"
+    light = _section(out, LIGHTING_EN)
+    assert light["kWh per km of street"] == f"{t['kwh_per_km']:,.1f} kWh/km"
+    assert light["groups with a street length"] == "1 / 2"
+    assert light["street length"] == "0.40 km"
+    code, out, _ = _report(db_url, "--site", site, "--month", "2025-03", "--lang", "en",
+                           "--format", "csv", capsys=capsys)  # fmt: skip
+    by = {(r["section"], r["figure"]): r for r in csv.DictReader(io.StringIO(out))}
+    assert by["cabinets", "kwh"]["label"] == "cabinet energy"
+    assert by["cabinets", "difference_kwh"]["label"] == "losses and unknown loads"
+    assert float(by["cabinets", "program_saved_kwh"]["value"]) == pytest.approx(
+        t["program_saved_kwh"], rel=1e-12
+    )
+    assert by["lighting", "kwh_per_km"]["label"] == "kWh per km of street"
+
+
+def test_a_site_without_cabinets_or_street_lengths_says_none(
+    conn: psycopg.Connection, db_url: str, site: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill(conn, site, MARCH, cabinets=False, street=False)
+    for lang, section, light, words in (
+        ("fr", CABINETS_FR, LIGHTING_FR, ("armoires", "aucune armoire sur ce site",
+         "kWh par km de rue", "aucune (pas de groupe avec longueur de rue)",
+         "groupes avec longueur de rue")),
+        ("en", CABINETS_EN, LIGHTING_EN, ("cabinets", "none: no lighting cabinet at this site",
+         "kWh per km of street", "none (no group has a street length)",
+         "groups with a street length")),
+    ):  # fmt: skip
+        code, out, _ = _report(db_url, "--site", site, "--month", "2025-03", "--lang", lang,
+                               capsys=capsys)  # fmt: skip
+        assert code == 0
+        assert _section(out, section) == {words[0]: words[1]}  # no coverage, no 0 kWh
+        lighting = _section(out, light)
+        assert lighting[words[2]] == words[3]
+        assert lighting[words[4]] == "0 / 2"
+    code, out, _ = _report(db_url, "--site", site, "--month", "2025-03", "--format", "csv",
+                           capsys=capsys)  # fmt: skip
+    rows = [r for r in csv.DictReader(io.StringIO(out)) if r["section"] == "cabinets"]
+    assert [(r["figure"], r["value"], r["status"]) for r in rows] == [("cabinets", "", "none")]
+    by = {(r["section"], r["figure"]): r for r in csv.DictReader(io.StringIO(out))}
+    assert (by["lighting", "kwh_per_km"]["value"], by["lighting", "kwh_per_km"]["status"]) == (
+        "",
+        "none",
+    )
+    code, out, _ = _report(db_url, "--site", site, "--month", "2025-03", "--format", "json",
+                           capsys=capsys)  # fmt: skip
+    data = orjson.loads(out)
+    ca = data["cabinets"]
+    assert (ca["status"], ca["cabinets"], ca["cabinet_nights"], ca["kwh"]) == ("none", 0, 0, None)
+    assert (ca["difference_kwh"], ca["program_saved_kwh"], ca["nights"]) == (None, None, [])
+    li = data["lighting"]
+    assert (li["kwh_per_km"], li["street_km"], li["km_groups"], li["groups"]) == (None, None, 0, 2)
 
 
 def test_png_charts_the_nights_and_days_of_the_month(
@@ -432,14 +677,17 @@ def test_figures_the_database_cannot_give_say_so() -> None:
 
 
 def _empty_report() -> render.MonthReport:
-    from app.energy_report import Coverage, Lighting, MonthReport, Pue, Pumping
+    from app.energy_report import Cabinets, Coverage, Lighting, MonthReport, Pue, Pumping
 
     cov = Coverage(30, 30, 0, 0, 0.0, 0)
     none = Extra(None, "none")
     return MonthReport(
         site="s", name=None, timezone="Europe/Paris", month=date(2026, 11, 1), days=30,
         in_progress=False,
-        lighting=Lighting(cov, 0, 0, None, None, None, None, None, none, none, none, none, ()),
+        lighting=Lighting(cov, 0, 0, None, None, None, None, None, none, none, none, none, (),
+                          0, 0, None, None),
+        cabinets=Cabinets("none", cov, 0, 0, 0, 0, None, 0, 0, None, 0, None, None, 0, None,
+                          None, None, ()),
         pumping=Pumping(cov, 0, None, None, None, 0.0, none, none, None),
         pue=Pue(cov, None, None, None, None, None, 0, ()),
         service=Service(True, 0, None, 0, None, ()), factors=(), factors_available=True,
