@@ -7,8 +7,9 @@ The stage counts energy between readings: at the run's two ends it cannot know w
 the first reading or after the last (its figures say so: ``complete``, ``missing_hours``), and it
 knows when a luminaire switched only to its sampling interval. A figure is a problem (the demo
 fails) when it differs from the truth by more than 1 % plus what those limits explain, stated
-beside it: for energy, the hours the stage could not count (its ``missing_hours``: the run's
-ends, dropouts) at the devices' full power; for the baseline, also one sampling interval per
+beside it: for energy, the hours of the run the stage could not count (its ``missing_hours``
+less the hours of its days outside the run: before a device's first reading and after its
+last, dropouts) at the devices' full power; for the baseline, also one sampling interval per
 switch (two a night) at the luminaires' nominal power. A cabinet whose meter was replaced or
 gave flagged steps is left out of the comparison, and the summary says how many. The site
 meters (the pump, the server room's two) are held to 1 % of what the truth says they measured
@@ -20,6 +21,7 @@ Energies in kWh, times in seconds since the epoch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -87,6 +89,21 @@ def _interval_h(conn: psycopg.Connection, site: str, kind: str) -> float:
     return found / 3600.0
 
 
+DAY_BOUNDS = """JOIN sites s ON s.site = e.site
+    CROSS JOIN LATERAL (SELECT e.day::timestamp AT TIME ZONE s.timezone AS a,
+                               (e.day + 1)::timestamp AT TIME ZONE s.timezone AS b) x"""
+"""The start ``x.a`` and end ``x.b`` of the local day of each ``api.energy_daily`` row ``e``."""
+
+IN_RUN_MISSING_H = """greatest(e.missing_hours - extract(epoch FROM
+    greatest(least(x.b, %(t0)s) - x.a, interval '0')
+    + greatest(x.b - greatest(x.a, %(t1)s), interval '0')) / 3600.0, 0)"""
+"""A day's missing hours less its hours outside the run [``t0``, ``t1``] (the truth has none)."""
+
+
+def _ts(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
 def _lamps_kw(conn: psycopg.Connection, site: str, fed: bool = False) -> float:
     """The nominal power of a site's luminaires (``fed``: those under a cabinet) [kW]."""
     row = conn.execute(
@@ -119,13 +136,16 @@ def _lighting(conn: psycopg.Connection, st: SiteEnergy, truth: Truth) -> None:
     st.nights = len(nights)
     st.nights_complete = sum(1 for n in nights if n[4])
     st.luminaire_nights = int(sum(int(n[1]) for n in nights))
-    # What the stage could not count — the hours no pair of readings spans (the run's ends, a
-    # dropout, a replaced meter, a flagged step) — at each luminaire's full power.
+    # What the stage could not count inside the run — the hours no pair of readings spans (before
+    # a luminaire's first reading and after its last, a dropout, a replaced meter, a flagged
+    # step), less the hours of its days outside the run (the truth has none) — at each
+    # luminaire's full power.
     lost = conn.execute(
-        """SELECT coalesce(sum(e.missing_hours * d.nominal_power_w), 0) / 1000.0
-           FROM api.energy_daily e JOIN devices d ON d.site = e.site AND d.device = e.device
-           WHERE e.site = %s AND e.kind = 'luminaire'""",
-        (site,),
+        f"""SELECT coalesce(sum({IN_RUN_MISSING_H} * d.nominal_power_w), 0) / 1000.0
+            FROM api.energy_daily e JOIN devices d ON d.site = e.site AND d.device = e.device
+            {DAY_BOUNDS}
+            WHERE e.site = %(s)s AND e.kind = 'luminaire'""",
+        {"s": site, "t0": _ts(truth.start), "t1": _ts(truth.end)},
     ).fetchone()
     edges = float(lost[0]) if lost is not None and lost[0] is not None else 0.0
     switches = 2 * len(nights) * interval_h * full_kw  # one interval per switch, two a night
@@ -165,13 +185,14 @@ def _cabinets(conn: psycopg.Connection, st: SiteEnergy, truth: Truth) -> None:
     # The hours the stage could not count, at the full power of the cabinet's luminaires
     # (with a margin for the losses and its own loads).
     lost = conn.execute(
-        """SELECT coalesce(sum(e.missing_hours * f.kw), 0) FROM api.energy_daily e
-           JOIN (SELECT properties ->> 'cabinet' AS cabinet, sum(nominal_power_w) * 1.1 / 1000
-                        AS kw
-                 FROM devices WHERE site = %(s)s AND kind = 'luminaire' GROUP BY 1) f
-             ON f.cabinet = e.device
-           WHERE e.site = %(s)s AND e.kind = 'cabinet_meter' AND NOT e.device = ANY(%(x)s)""",
-        {"s": st.site, "x": sorted(flagged)},
+        f"""SELECT coalesce(sum({IN_RUN_MISSING_H} * f.kw), 0) FROM api.energy_daily e
+            JOIN (SELECT properties ->> 'cabinet' AS cabinet, sum(nominal_power_w) * 1.1 / 1000
+                         AS kw
+                  FROM devices WHERE site = %(s)s AND kind = 'luminaire' GROUP BY 1) f
+              ON f.cabinet = e.device
+            {DAY_BOUNDS}
+            WHERE e.site = %(s)s AND e.kind = 'cabinet_meter' AND NOT e.device = ANY(%(x)s)""",
+        {"s": st.site, "x": sorted(flagged), "t0": _ts(truth.start), "t1": _ts(truth.end)},
     ).fetchone()
     edges = float(lost[0]) if lost is not None and lost[0] is not None else 0.0
     st.cabinets = Compared(sum(float(r[1] or 0.0) for r in rows), true, 0.01 * true + edges)

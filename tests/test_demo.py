@@ -122,6 +122,16 @@ def test_demo_on_embedded_services_stores_what_the_town_sent(
         out,
     )
     assert re.search(r"économies par gradation / saved by dimming: [\d ]+,\d\d kWh", out)
+    # Held to what the run's ends explain, not to the hours of its days outside the run.
+    for figure in ("éclairage public / public lighting", "armoires / cabinets"):
+        held = re.search(
+            figure
+            + r"(?:, lyon-3e)?: ([\d ]+,\d\d) kWh \(vrai / true [\d ]+,\d\d, ±([\d ]+,\d\d)\)",
+            out,
+        )
+        assert held is not None, figure
+        measured, tolerance = (float(g.replace(" ", "").replace(",", ".")) for g in held.groups())
+        assert tolerance < 0.1 * measured, (figure, measured, tolerance)
     assert re.search(r"armoires / cabinets: .* écart \(pertes en ligne", out)
     assert re.search(r"salle serveurs / server room, lyon-3e: PUE 1,\d{3} +\(vrai / true 1,", out)
     assert re.search(
