@@ -59,14 +59,13 @@ _LIGHTING_EXTRAS = ("kg_co2e", "saved_kg_co2e", "eur", "saved_eur")
 
 def lighting(m: MonthScope) -> Lighting:
     """The month's public lighting: one row per night and one per lighting group (grouping
-    sets), the group rows giving each group's street length back from ``kwh / kwh_per_km``
-    (its mean over the group's nights with energy: a group at 0 kWh all month has a length the
-    view cannot give, and adds nothing)."""
+    sets), the group rows with the group's street length (``street_km``, migration 0015)."""
     query = sql.SQL(
         """SELECT night, count(*), sum(luminaires)::int, sum(kwh), sum(baseline_kwh),
-                  sum(saved_kwh), bool_and(complete), GROUPING(night) = 1, count(kwh_per_km),
-                  avg(kwh / kwh_per_km) FILTER (WHERE kwh_per_km > 0),
-                  sum(kwh) FILTER (WHERE kwh_per_km > 0), {extras}
+                  sum(saved_kwh), bool_and(complete), GROUPING(night) = 1,
+                  count(street_km) FILTER (WHERE street_km > 0),
+                  max(street_km) FILTER (WHERE street_km > 0),
+                  sum(kwh) FILTER (WHERE street_km > 0), {extras}
            FROM api.lighting_nights
            WHERE site = %(site)s AND night >= %(first)s AND night < %(end)s
            GROUP BY GROUPING SETS ((night), (lighting_group)) ORDER BY night"""

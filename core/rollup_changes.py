@@ -25,6 +25,8 @@ from datetime import datetime
 
 import psycopg
 
+from core.db import is_continuous_aggregate
+
 __all__ = ["KEEP_S", "Changes", "advance", "follow", "prune", "record"]
 
 KEEP_S = 7 * 86400.0
@@ -58,7 +60,10 @@ def record(conn: psycopg.Connection, devices: list[int], hours: list[datetime]) 
 
 def follow(conn: psycopg.Connection, follower: str) -> Changes:
     """What changed after ``follower``'s position (registering it, at the log's end, the first
-    time: that registration is committed at once so that nothing after it is pruned)."""
+    time: that registration is committed at once so that nothing after it is pruned). Under
+    TimescaleDB, nothing is logged: ``whole=False``, always."""
+    if is_continuous_aggregate(conn):
+        return Changes(0, whole=False)
     row = conn.execute(
         "SELECT last_id FROM readings_hourly_followers WHERE follower = %s", (follower,)
     ).fetchone()

@@ -4,6 +4,7 @@ its flags; the rollup read, raw readings only for the hours it cannot tell."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ import pytest
 
 from app.cli import main
 from core import rollup
+from core.db import is_continuous_aggregate, upgrade, with_database
 from core.inventory import import_inventory, write_inventory_csv
 from energy.config import EnergyConfig
 from energy.service import recompute
+from tests.fix_db import TIMESCALE_URL, needs_timescale
 
 pytestmark = pytest.mark.services
 
@@ -66,6 +69,11 @@ def _power_gap() -> list[tuple[float, float]]:
 
 @pytest.fixture
 def town(conn: psycopg.Connection, site: str, tmp_path: Path) -> dict[str, int]:
+    return _fill_town(conn, site, tmp_path)
+
+
+def _fill_town(conn: psycopg.Connection, site: str, tmp_path: Path) -> dict[str, int]:
+    """The inventory and the readings of the faulty meters and the gappy luminaire."""
     write_inventory_csv(
         tmp_path / "sites.csv", [{"site": site, "timezone": "Europe/Paris"}], ("site", "timezone")
     )
@@ -154,6 +162,38 @@ def test_energy_per_local_day_with_every_counter_fault_and_a_power_gap(
     with psycopg.connect(db_url) as work:
         recompute(work, EnergyConfig(), _at(12.0), _at(12.0), site)
     assert _figures(conn, site) == found
+
+
+@pytest.mark.timescale
+@needs_timescale
+def test_timescaledb_gives_the_same_days(
+    conn: psycopg.Connection, db_url: str, site: str, town: dict[str, int], tmp_path: Path
+) -> None:
+    """The same town on a database where readings are a hypertable and the rollup a continuous
+    aggregate: the same figures, flags included, as on plain PostgreSQL."""
+    with psycopg.connect(db_url, autocommit=True) as work:
+        rollup.refresh(work)
+    with psycopg.connect(db_url) as work:
+        recompute(work, EnergyConfig(), _at(12.0), _at(12.0), site)
+    plain = _figures(conn, site)
+    assert TIMESCALE_URL is not None
+    name = f"sobriety_test_ts_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(TIMESCALE_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = with_database(TIMESCALE_URL, name)
+        with psycopg.connect(url, autocommit=True) as ts:
+            assert "timescaledb" in upgrade(ts)
+            assert is_continuous_aggregate(ts)
+            (tmp_path / "ts").mkdir()
+            _fill_town(ts, site, tmp_path / "ts")
+            assert rollup.refresh(ts).continuous_aggregate
+            with psycopg.connect(url) as work:
+                recompute(work, EnergyConfig(), _at(12.0), _at(12.0), site)
+            assert _figures(ts, site) == plain
+    finally:
+        with psycopg.connect(TIMESCALE_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_energy_recompute_command(

@@ -87,6 +87,7 @@ def test_the_views_keep_their_columns_and_append_the_new_ones(conn: psycopg.Conn
         "site", "lighting_group", "night", "luminaires", "lit_hours", "kwh", "baseline_kwh",
         "saved_kwh", "saved_fraction", "kwh_per_luminaire", "kwh_per_km", "complete",
         "kg_co2e", "eur", "saved_kg_co2e", "saved_eur", "co2e_factor_id", "tariff_id",
+        "street_km",  # migration 0015
     ]  # fmt: skip
     assert columns("pumping_daily") == [
         "site", "device", "day", "kwh", "m3", "kwh_per_m3", "complete",

@@ -98,6 +98,32 @@ def test_the_view_follows_every_write(conn: psycopg.Connection, site: str) -> No
     assert ("b", N1) not in {(r[1], r[2]) for r in now}
 
 
+def test_a_luminaire_moved_takes_its_nights_along(conn: psycopg.Connection, site: str) -> None:
+    ids = _luminaires(conn, site)
+    for n, device in enumerate(ids.values()):
+        _night(conn, device, N1, 0.2 + n / 10, 0.5)
+    before = _rows(conn, FROM_VIEW, site)
+    conn.execute(  # an inventory import: every device updated, one of them really changed
+        "UPDATE devices SET lighting_group = CASE WHEN device = 'lum-1' THEN 'b' "
+        "ELSE lighting_group END WHERE site = %s",
+        (site,),
+    )
+    after = _rows(conn, FROM_VIEW, site)
+    assert after == _rows(conn, FROM_LUMINAIRES, site)
+    assert after != before
+    conn.execute("UPDATE devices SET lighting_group = NULL WHERE id = %s", (ids["lum-0"],))
+    gone = _rows(conn, FROM_VIEW, site)
+    assert gone == _rows(conn, FROM_LUMINAIRES, site)
+    assert "a" not in {r[1] for r in gone}  # group a lost its last luminaire
+    conn.execute(
+        "UPDATE devices SET properties = '{\"street_km\": 1.5}'::jsonb WHERE id = %s",
+        (ids["lum-2"],),
+    )
+    km = _rows(conn, FROM_VIEW, site)
+    assert km == _rows(conn, FROM_LUMINAIRES, site)
+    assert {r[1]: r[8] for r in km}["b"] == 1.5
+
+
 def test_truncate_empties_the_group_nights(fresh_db_url: str) -> None:
     from core.db import upgrade
 
@@ -113,8 +139,8 @@ def test_truncate_empties_the_group_nights(fresh_db_url: str) -> None:
 def test_two_writers_of_one_group_night_both_count(
     db_url: str, conn: psycopg.Connection, site: str
 ) -> None:
-    """The second writer waits for the first to commit, then aggregates what it committed:
-    without that, its group night would hold its own luminaire only."""
+    """The second writer waits for the first to commit (the group night's row), then adds its
+    luminaire to what the first committed."""
     ids = _luminaires(conn, site)
     first = psycopg.connect(db_url)
     second = psycopg.connect(db_url, autocommit=True)
