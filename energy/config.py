@@ -72,6 +72,41 @@ class EnergyConfig(Section):
     rapl_path: str = Field(
         "/sys/class/powercap", description="the powercap tree with the RAPL package counters"
     )
+    faults_standby_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="luminaire faults: a lamp commanded on whose power stays below this "
+        "fraction of the power expected at its level has failed; one lit in daytime draws more "
+        "than standby + this fraction of (full power - standby)",
+    )
+    faults_min_hours: int = Field(
+        2, ge=1, le=168, description="luminaire faults: hours of fault before an alert [h]"
+    )
+    faults_resolve_hours: int = Field(
+        3, ge=1, le=168, description="luminaire faults: normal hours before it is resolved [h]"
+    )
+    faults_curve_tolerance: float = Field(
+        0.10,
+        gt=0,
+        le=1,
+        description="luminaire faults: relative difference of the measured power from the "
+        "driver curve at its dim level beyond which it is off its curve",
+    )
+    faults_daylight_margin_min: float = Field(
+        60.0,
+        ge=0,
+        le=240,
+        description="luminaire faults: daytime starts this long after sunrise and ends this "
+        "long before sunset, for day burners [min]",
+    )
+    faults_standby_w: float = Field(
+        0.4,
+        ge=0,
+        le=50,
+        description="luminaire faults: a driver's standby power, where the luminaire has no "
+        "standby_w property [W]",
+    )
 
     @field_validator("own_timezone")
     @classmethod

@@ -44,6 +44,7 @@ from energy.daily import (
     power_days,
 )
 from energy.factors import pin_factors
+from energy.fault_scan import FaultReport, scan_site
 from energy.integrate import day_edges, hold_seconds
 from energy.lighting import dim_series, lit_hours, mixed_hours
 from energy.own_store import refresh_service_energy
@@ -72,6 +73,7 @@ class RecomputeReport:
     nights_written: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
     late_devices: int = 0  # recomputed for changes older than the rescan (service passes)
+    faults: FaultReport = field(default_factory=FaultReport)  # luminaire fault alerts
 
     def add(self, other: RecomputeReport) -> None:
         """Count ``other``'s work in this report too."""
@@ -81,6 +83,7 @@ class RecomputeReport:
         self.nights_written += other.nights_written
         for source, n in other.by_source.items():
             self.by_source[source] = self.by_source.get(source, 0) + n
+        self.faults.add(other.faults)
 
 
 def _float(value: Any) -> float | None:
@@ -157,6 +160,7 @@ def recompute(
             _chunk(conn, config, chunk, (edges, days), (night_edges, nights), lo, hi, report)
             conn.commit()
         cabinets.complete_nights(conn, name, nights[0], nights[-1])  # once its lamps are done
+        report.faults.add(scan_site(conn, config, name, zone, lo, hi, only))  # luminaire faults
         pin_factors(conn, name, sorted(set(days) | set(nights)))  # CO2e and tariff in force
         conn.commit()
     if site is None and devices is None:  # the service's own consumption is install-wide

@@ -6,6 +6,7 @@ it happened."""
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import defaultdict
@@ -367,3 +368,86 @@ def test_a_cabinet_alone_gives_the_baseline_from_the_programs_in_force(
             assert kwh == pytest.approx(true_kwh, rel=0.01)
             assert baseline == pytest.approx(true_baseline, rel=0.01)
             assert saved == pytest.approx(true_baseline - true_kwh, rel=0.01)
+
+
+def test_luminaire_faults_against_the_truth(
+    conn: psycopg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    """Three days of the small town with two lamp failures, a day burner and a lamp whose
+    power drifts 5 %/day off its curve: each found on its device, its start within the stated
+    tolerance, and no fault alert on any other luminaire."""
+    from core.lighting import program_level, sun_times
+    from energy.fault_scan import scan_site
+    from energy.fault_store import FAULT_KINDS
+
+    root = f"f{uuid.uuid4().hex[:9]}/v1"
+    data = small_scenario(root, **_QUIET).model_dump(mode="json")
+    data["days"] = DAYS  # the failures fall anywhere in the three days
+    data["sites"][0]["lighting"].update(lamp_failures=2, day_burners=1, drifting=1)
+    scenario = Scenario.model_validate(data)
+    spec = scenario.sites[0]
+    site = spec.site
+    start = _start()
+    _run_town(conn, db_url, tmp_path, scenario, start)
+    config = EnergyConfig()
+    with psycopg.connect(db_url) as work:  # the cost of the scan alone (alerts already there)
+        began = time.perf_counter()
+        scan = scan_site(work, config, site, PARIS, start - 86400, start + (DAYS + 1) * 86400)
+        work.commit()
+        print(f"fault scan: {scan.luminaires} luminaires, {time.perf_counter() - began:.3f} s")
+    assert scan.outcome.opened == 0  # the recompute's pass had found them all
+    truth = Fleet(build_town(scenario, 4), "mqtt://127.0.0.1:1", days=DAYS, start=start)
+    truth.log = []
+    events = [e for e in truth.run().events if e["kind"] in
+              ("lamp_failure", "day_burner", "power_drift")]  # fmt: skip
+    rows = conn.execute(
+        """SELECT kind, device, extract(epoch FROM started_at)::float8,
+                  extract(epoch FROM opened_at)::float8, state, details
+           FROM api.luminaire_faults WHERE site = %s ORDER BY device, kind""",
+        (site,),
+    ).fetchall()
+    found = {(r[1], r[0]): r for r in rows}
+    assert len(found) == len(rows)  # one alert per device and kind
+    program = spec.lighting.program
+    margin = config.faults_daylight_margin_min * 60.0
+
+    def lit_through(h: float) -> bool:
+        return all(program_level(program, h + s, PARIS, spec.lat, spec.lon) > 0
+                   for s in (-600.0, 0.0, 1800.0, 3599.0))  # fmt: skip
+
+    def daylight(h: float) -> bool:
+        day = datetime.fromtimestamp(h, PARIS).date()
+        rise = sun_times(spec.lat, spec.lon, day - timedelta(days=1), PARIS).sunrise
+        down = sun_times(spec.lat, spec.lon, day, PARIS).sunset
+        assert rise is not None
+        assert down is not None
+        return rise + margin <= h and h + 3600.0 <= down - margin
+
+    expected: set[tuple[str, str]] = set()
+    for event in events:
+        kind = {"power_drift": "power_off_curve"}.get(event["kind"], event["kind"])
+        key = (event["device"], kind)
+        expected.add(key)
+        assert key in found, (key, rows)
+        _kind, _device, started, opened, state, details = found[key]
+        at = float(event["at"])
+        if kind == "lamp_failure":  # seen from its first hour commanded on throughout
+            first = math.ceil(at / 3600.0) * 3600.0
+            while not lit_through(first):
+                first += 3600.0
+            assert first <= started <= first + 3600.0, (event, started, first)
+            assert details["started_after"] is None or details["started_after"] <= at
+        elif kind == "day_burner":  # seen from the first whole daylight hour
+            first = math.ceil(at / 3600.0) * 3600.0
+            while not daylight(first):
+                first += 3600.0
+            assert started == first, (event, started, first)
+        else:  # off its curve once the drift passes the tolerance (steady hours only)
+            crossing = at + config.faults_curve_tolerance / event["per_day"] * 86400.0
+            assert started >= crossing - 3600.0, (event, started, crossing)
+            assert details["ratio"] > 1.0 + config.faults_curve_tolerance
+        print(kind, event["device"], f"true {at:.0f} started {started - at:+.0f} s "
+              f"opened {opened - at:+.0f} s", state, details)  # fmt: skip
+    assert {e["kind"] for e in events} == {"lamp_failure", "day_burner", "power_drift"}
+    assert set(found) == expected, set(found) - expected  # no false positive
+    assert {r[0] for r in rows} <= set(FAULT_KINDS)
