@@ -17,7 +17,6 @@ of readings on either side, so a day's first and last intervals are whole.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Collection
@@ -170,19 +169,24 @@ def recompute(
 
 def late_changes(
     changes: rollup_changes.Changes, window_since: float
-) -> tuple[float, float, list[int]] | None:
-    """The period [s] and devices to recompute for the changes ``changes`` holds before a
+) -> list[tuple[float, float, list[int]]]:
+    """The periods [s] and devices to recompute for the changes ``changes`` holds before a
     rescan starting at ``window_since`` [s] (its first local day's hours are the rescan's):
-    from a day before the earliest changed hour (an interval that ends in it starts there) to
-    a day after the latest, cut where the rescan begins; ``None`` when there are none."""
-    first, last, ids = math.inf, -math.inf, []
+    for each device, from a day before its earliest changed hour (an interval that ends in it
+    starts there) to a day after its latest, cut where the rescan begins; devices whose periods
+    cover the same UTC days recomputed together (a backfill of many devices is one period, a
+    device late by a year does not drag the others along)."""
+    groups: dict[tuple[int, int], list[int]] = {}
     for device_id, (lo, hi) in changes.hours.items():
-        if lo - MARGIN_S < window_since:
-            ids.append(device_id)
-            first, last = min(first, lo - MARGIN_S), max(last, hi + 3600.0 + MARGIN_S)
-    if not ids:
-        return None
-    return first, min(last, window_since - 1.0), sorted(ids)
+        first = lo - MARGIN_S
+        if first >= window_since:
+            continue
+        last = min(hi + 3600.0 + MARGIN_S, window_since - 1.0)
+        groups.setdefault((int(first // 86400), int(last // 86400)), []).append(device_id)
+    return [
+        (a * 86400.0, min((b + 1) * 86400.0 - 1.0, window_since - 1.0), sorted(ids))
+        for (a, b), ids in sorted(groups.items())
+    ]
 
 
 Bins = tuple[np.ndarray, list[date]]
@@ -360,11 +364,12 @@ class EnergyService:
                 changes = rollup_changes.follow(conn, FOLLOWER)
                 since = now - (self.config.rescan_days - 1) * 86400.0
                 report = recompute(conn, self.config, since, now)
-                late = late_changes(changes, since) if changes.whole else None
-                if late is not None:  # late data older than the rescan: its days again
-                    report.add(recompute(conn, self.config, late[0], late[1], devices=late[2]))
-                    report.late_devices = len(late[2])
-                    log.info("energy: late data of %d devices recomputed", len(late[2]))
+                late = late_changes(changes, since) if changes.whole else []
+                for first, last, ids in late:  # late data older than the rescan: its days again
+                    report.add(recompute(conn, self.config, first, last, devices=ids))
+                    report.late_devices += len(ids)
+                if late:
+                    log.info("energy: late data of %d devices recomputed", report.late_devices)
                 rollup_changes.advance(conn, FOLLOWER, changes.upto)
                 conn.commit()
         except Exception as exc:  # noqa: BLE001 - the service keeps going

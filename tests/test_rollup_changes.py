@@ -140,3 +140,29 @@ def test_the_energy_service_recomputes_late_data_older_than_its_rescan(
     again = service.run_pass(now.timestamp())  # nothing new: nothing late
     assert again is not None
     assert again.late_devices == 0
+
+
+def test_late_changes_are_grouped_by_their_days_and_cut_at_the_rescan() -> None:
+    """A backfill of many devices is one period; a device late by a year is its own; what the
+    rescan covers is left to it."""
+    from energy.service import MARGIN_S, late_changes
+
+    day = 86400.0
+    window = 400 * day  # the rescan starts here
+    changes = rollup_changes.Changes(
+        upto=9,
+        whole=True,
+        hours={
+            1: (100 * day + 3600, 100 * day + 7200),  # a backfill of two devices, day 100
+            2: (100 * day + 10800, 100 * day + 10800),
+            3: (30 * day, 30 * day),  # late by a year
+            4: (399 * day + 3600, window + 7200),  # straddles the rescan's start
+            5: (window + 2 * day, window + 2 * day),  # inside the rescan: not late
+        },
+    )
+    got = late_changes(changes, window)
+    assert got == [
+        (30 * day - MARGIN_S, 32 * day - 1.0, [3]),  # a day either side
+        (99 * day, 102 * day - 1.0, [1, 2]),
+        (398 * day, window - 1.0, [4]),
+    ]
