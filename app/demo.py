@@ -42,6 +42,7 @@ from anomaly.config import AnomalyConfig
 from anomaly.service import Scanner
 from app.cli_parser import DEMO_MAX_DAYS
 from app.demo_energy import find_energy
+from app.demo_faults import find_faults
 from app.demo_policies import PolicyRun
 from app.demo_report import DemoReport, gather, render, stored_readings
 from app.embedded import ServiceError, Services, resolve_services
@@ -172,6 +173,8 @@ def run_demo(
                 report = gather(conn, truth, town, anomaly, written)
                 report.energy = find_energy(conn, truth, town)
                 report.problems.extend(report.energy.problems)
+                report.luminaire_faults = find_faults(conn, truth, config.section(EnergyConfig))
+                report.problems.extend(report.luminaire_faults.problems)
                 report.policies = policies.finish(conn, fleet, sites, truth.start, truth.end)
                 report.problems.extend(report.policies.problems)
             report.run_id = run_id

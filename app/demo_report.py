@@ -23,12 +23,11 @@ from simulators import Town, Truth
 
 if TYPE_CHECKING:
     from app.demo_energy import EnergyFindings
+    from app.demo_faults import FaultFindings
     from app.demo_policies import PolicyFindings
     from app.embedded import Services
     from ingest.backfill import Backfill
     from simulators.town_history import HistoryWritten
-
-LUMINAIRE_FAULTS = ("lamp_failure", "day_burner", "power_drift")
 
 
 @dataclass
@@ -80,6 +79,7 @@ class DemoReport:
     seconds: float = 0.0
     policies: PolicyFindings | None = None
     energy: EnergyFindings | None = None
+    luminaire_faults: FaultFindings | None = None
 
     @property
     def db_url(self) -> str:
@@ -266,6 +266,29 @@ def _versus(measured: float, true: float, unit: str) -> str:
     return f"{measured:,.1f} {unit} measured, {true:,.1f} {unit} true"
 
 
+DASHBOARDS_DIR = Path(__file__).resolve().parents[1] / "dashboards"
+"""The Grafana dashboards (``json/fr``, ``json/en``) and their provisioning files."""
+
+
+def _dashboards_hint(db_url: str) -> list[str]:
+    """How to open the dashboards over this run's database (printed with ``--serve``)."""
+    found = sorted((DASHBOARDS_DIR / "json" / "fr").glob("*.json"))
+    if not found:
+        return ["  tableaux de bord / dashboards: not in this installation (dashboards/json)"]
+    provisioning = DASHBOARDS_DIR / "provisioning"
+    return [
+        "  tableaux de bord / dashboards (Grafana): "
+        + ", ".join(f.stem for f in found)
+        + f" in {found[0].parent} (English: {found[0].parent.parent / 'en'})",
+        f"    provisioned by {provisioning}/datasources/sobriety.yaml and "
+        f"{provisioning}/dashboards/sobriety.yaml (the docker compose stack mounts them; see "
+        "README, Deploy with docker compose); in a Grafana of your own, import the JSON and "
+        "give the PostgreSQL datasource of uid sobriety-postgres this database "
+        f"({redact(db_url)}, schema api, a read-only role) and the Prometheus one of uid "
+        "sobriety-prometheus the metrics above",
+    ]
+
+
 def render(report: DemoReport, serve: bool) -> str:
     """The summary a technical service reads, and where to look."""
     lines: list[str] = []
@@ -317,13 +340,10 @@ def render(report: DemoReport, serve: bool) -> str:
         from app.demo_policies import render_policies
 
         lines.extend(render_policies(report.policies))
-    luminaire = [e for e in report.events if e["kind"] in LUMINAIRE_FAULTS]
-    if luminaire:
-        w(
-            "luminaire faults simulated: "
-            + ", ".join(f"{e['kind']} {e['site']}/{e['device']}" for e in luminaire)
-            + " (not detected yet: luminaire fault detection comes with its stage)"
-        )
+    if report.luminaire_faults is not None:
+        from app.demo_faults import render_faults
+
+        lines.extend(render_faults(report.luminaire_faults))
     w(
         "alerts opened: "
         + (
@@ -372,6 +392,8 @@ def render(report: DemoReport, serve: bool) -> str:
     w(f"  {exe} alerts list")
     if report.metrics_url and serve:
         w(f"  metrics {report.metrics_url}")
+    if serve:
+        lines.extend(_dashboards_hint(url))
     if report.truth_path is not None:
         w(
             f"  ground truth {report.truth_path}"

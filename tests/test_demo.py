@@ -176,6 +176,28 @@ def test_demo_on_a_broker_that_drops_what_it_cannot_queue(tmp_path: Path) -> Non
         broker.stop()
 
 
+def test_a_due_luminaire_fault_without_its_alert_fails_the_demo(
+    conn: psycopg.Connection, site: str
+) -> None:
+    from app.demo_faults import find_faults, render_faults
+    from energy.config import EnergyConfig
+    from simulators import Truth
+
+    truth = Truth("t", 1, 0.0, 2.9 * 86400.0)
+    truth.events = [
+        {"kind": "lamp_failure", "site": site, "device": "lum-1", "at": 3600.0},
+        {"kind": "day_burner", "site": site, "device": "lum-2", "at": 2.5 * 86400.0},
+        {"kind": "power_drift", "site": site, "device": "lum-3", "at": 0.0, "per_day": 0.05},
+    ]
+    found = find_faults(conn, truth, EnergyConfig())
+    assert [f.due for f in found.faults] == [True, False, False]  # drift crosses 10 % on day 2
+    assert len(found.problems) == 1
+    assert found.problems[0].startswith(f"MISSED: lamp_failure of {site}/lum-1")
+    text = "\n".join(render_faults(found))
+    assert f"{site}/lum-1, lamp_failure: NON DÉTECTÉ / NOT DETECTED" in text
+    assert f"{site}/lum-2, day_burner: pas encore détectable" in text
+
+
 def test_two_runs_into_one_database_do_not_mix(fresh_db_url: str, tmp_path: Path) -> None:
     first, _ = _demo(tmp_path / "one", days=0.2, configured_db=fresh_db_url)
     assert first.problems == []
@@ -193,6 +215,15 @@ def test_two_runs_into_one_database_do_not_mix(fresh_db_url: str, tmp_path: Path
     assert flagged == second.customer_leaks
     assert len(flagged) == 2
     assert f"flagged as continuous flow: {', '.join(flagged)}" in out
+    # Three days: every luminaire fault injected is due and found, on its device, no other.
+    faults = second.luminaire_faults
+    assert faults is not None
+    kinds = {f.kind for f in faults.faults}
+    assert kinds == {"lamp_failure", "day_burner", "power_drift"}
+    assert all(f.due and f.opened_at is not None for f in faults.faults), faults.faults
+    assert faults.false_alarms == []
+    for f in faults.faults:
+        assert re.search(rf"{f.site}/{f.device}, {f.kind}: détecté / detected", out)
     # The hints run as printed, from anywhere.
     hints = [line.strip() for line in out.split("where to look:", 1)[1].splitlines()]
     export = next(h for h in hints if " export readings " in h)
@@ -260,6 +291,21 @@ def test_demo_serve_keeps_running_until_stopped(tmp_path: Path) -> None:
         if "serving:" in out.getvalue() or not runner.is_alive() or deadline.wait(0.1):
             break
     assert "serving:" in out.getvalue(), out.getvalue()
+    # How to open the dashboards: every committed one, the provisioning files that exist, the
+    # datasource uids the dashboards' JSON really names.
+    text = out.getvalue()
+    hint = re.search(r"tableaux de bord / dashboards \(Grafana\): (.*) in (\S+) ", text)
+    assert hint is not None, text
+    folder = Path(hint[2])
+    assert sorted(hint[1].split(", ")) == sorted(f.stem for f in folder.glob("*.json"))
+    assert len(hint[1].split(", ")) == 4
+    for yaml in re.findall(r"(\S+/provisioning/\S+\.yaml)", text):
+        assert Path(yaml).is_file(), yaml
+    dashboards = "".join(f.read_text() for f in folder.glob("*.json"))
+    uids = re.findall(r"of uid (\S+)", text)
+    assert len(uids) == 2
+    for uid in uids:
+        assert f'"uid": "{uid}"' in dashboards, uid
     runner.join(timeout=1.0)
     assert runner.is_alive()  # still serving a second later
     stop.set()
