@@ -9,16 +9,18 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from anomaly.alerts import ALERT_KINDS
+from anomaly.alerts import ALERT_KINDS as WATER_ALERT_KINDS
 from app.energy_commands import add_energy_parser
 from app.policies_commands import add_policies_parser
 from core import __version__
 from core.errors import RejectReason
+from energy.fault_store import FAULT_KINDS
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TIME_FORMAT = "an ISO 8601 time with offset (2026-11-01T00:00:00+01:00), now, or a duration before now (30m, 24h, 7d)"  # noqa: E501
 ALERT_STATES = ("open", "acknowledged", "resolved", "active")
+ALERT_KINDS = WATER_ALERT_KINDS + FAULT_KINDS  # the anomaly stage's and the luminaire faults
 DEMO_MAX_DAYS = 31.0
 """The longest demo: a month of the demo town (about 300,000 messages)."""
 REASONS = tuple(r.value for r in RejectReason)

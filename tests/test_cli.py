@@ -135,6 +135,31 @@ def test_empty_results_say_so(
     assert capsys.readouterr().out.strip() == "[\n]"
 
 
+@pytest.mark.services
+def test_luminaire_fault_alerts_are_listed_and_acknowledged_like_leaks(
+    conn: psycopg.Connection, db_url: str, site: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    register(conn, site, ("lum-1", "luminaire"))
+    row = conn.execute(
+        "INSERT INTO alerts (kind, site, subject_type, subject, opened_at, updated_at) "
+        "VALUES ('lamp_failure', %s, 'device', 'lum-1', now(), now()) RETURNING id",
+        (site,),
+    ).fetchone()
+    assert row is not None
+    argv = ["--db-url", db_url, "alerts", "list", "--site", site, "--format", "json"]
+    assert main([*argv, "--kind", "lamp_failure"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(a["id"], a["subject"], a["state"]) for a in listed] == [(row[0], "lum-1", "open")]
+    assert main(["--db-url", db_url, "alerts", "ack", str(row[0]), "--by", "régie"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--kind", "day_burner"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    state = conn.execute("SELECT state FROM alerts WHERE id = %s", (row[0],)).fetchone()
+    assert state == ("acknowledged",)
+
+
 def test_text_output_has_no_python_reprs() -> None:
     assert counts({}) == "none"
     assert counts({"leak": 2, "data_gap": 0}) == "leak: 2"
