@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core import rollup, rollup_changes
 from core.db import connect
@@ -44,6 +44,7 @@ from energy.daily import (
 )
 from energy.factors import pin_factors
 from energy.fault_scan import FaultReport, scan_site
+from energy.fault_store import FAULT_KINDS
 from energy.integrate import day_edges, hold_seconds
 from energy.lighting import dim_series, lit_hours, mixed_hours
 from energy.own_store import refresh_service_energy
@@ -352,6 +353,12 @@ class EnergyService:
             "days_written", "Device-days written to energy_daily.", namespace=ns,
             subsystem=sub, registry=registry,
         )  # fmt: skip
+        self.faults_active = Gauge(
+            "luminaire_faults_active", "Luminaire fault alerts not resolved, by kind.",
+            ["kind"], namespace=ns, subsystem=sub, registry=registry,
+        )  # fmt: skip
+        for kind in FAULT_KINDS:
+            self.faults_active.labels(kind=kind)
 
     def run_pass(self, now: float | None = None) -> RecomputeReport | None:
         """One pass; a failure is logged, counted and retried at the next."""
@@ -372,12 +379,22 @@ class EnergyService:
                     log.info("energy: late data of %d devices recomputed", report.late_devices)
                 rollup_changes.advance(conn, FOLLOWER, changes.upto)
                 conn.commit()
+                active: dict[str, int] = dict(
+                    conn.execute(
+                        """SELECT kind, count(*) FROM alerts
+                           WHERE kind = ANY(%s) AND state <> 'resolved' GROUP BY kind""",
+                        (list(FAULT_KINDS),),
+                    ).fetchall()
+                )
+                conn.commit()
         except Exception as exc:  # noqa: BLE001 - the service keeps going
             log.warning("energy: pass failed (%s); retrying", exc)
             self.failures.inc()
             return None
         self.passes += 1
         self.days.inc(report.days_written)
+        for kind in FAULT_KINDS:
+            self.faults_active.labels(kind=kind).set(active.get(kind, 0))
         self.pass_seconds.observe(time.monotonic() - started)
         return report
 

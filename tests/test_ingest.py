@@ -398,6 +398,11 @@ def test_run_and_anomaly_commands_serve_their_metrics(
     """``sobriety run``: the ingest and leak detection in one process, one endpoint;
     ``sobriety anomaly``: the periodic service alone."""
     register(conn, site, ("lum-1", "luminaire"))
+    conn.execute(  # a lamp failure found earlier, still open: the energy service counts it
+        "INSERT INTO alerts (kind, site, subject_type, subject, opened_at, updated_at) "
+        "VALUES ('lamp_failure', %s, 'device', 'lum-1', now(), now())",
+        (site,),
+    )
     config = make_config(db_url, mqtt_url, tmp_path, root)
     run = ServiceProcess(config, tmp_path, command=("run",), name="run")
     run.start()  # ready: subscribed
@@ -424,6 +429,15 @@ def test_run_and_anomaly_commands_serve_their_metrics(
         # And the energy service: its first pass (rollup refreshed, days recomputed) done.
         wait_until(
             lambda: run.metric("sobriety_energy_pass_seconds_count") >= 1, 30, "an energy pass"
+        )
+        active = conn.execute(
+            "SELECT count(*) FROM alerts WHERE kind = 'lamp_failure' AND state <> 'resolved'"
+        ).fetchone()
+        assert active is not None
+        assert active[0] >= 1
+        assert (
+            run.metric('sobriety_energy_luminaire_faults_active{kind="lamp_failure"}')
+            == (active[0])
         )
     finally:
         assert run.terminate() == 0
