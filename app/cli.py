@@ -47,9 +47,13 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_db(args: argparse.Namespace, config: Config) -> int:
-    """`sobriety db upgrade` (app/data_commands.py) or `sobriety db rollup`."""
+    """`sobriety db upgrade` (app/data_commands.py), `db rollup` or `db roles` (app/db_roles.py)."""
     if args.db_command == "rollup":
         return _cmd_db_rollup(args, config)
+    if args.db_command == "roles":
+        from app.db_roles import cmd_db_roles
+
+        return cmd_db_roles(args, config)
     return data_commands.cmd_db(args, config)
 
 

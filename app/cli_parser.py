@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from anomaly.alerts import ALERT_KINDS as WATER_ALERT_KINDS
+from app.db_roles import add_db_roles_parser
 from app.energy_commands import add_energy_parser
 from app.policies_commands import add_policies_parser
 from core import __version__
@@ -133,11 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database administration", description="Database admin.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    db_sub.add_parser(
+    upgrade = db_sub.add_parser(
         "upgrade",
         help="create the database if needed and apply the migrations (idempotent)",
         description="Create the database if it is missing, apply the pending migrations in one "
         "transaction (safe twice and from two processes at once), TimescaleDB when available.",
+    )
+    upgrade.add_argument(
+        "--wait",
+        type=_number(0.0, 86400.0, low_open=False),
+        default=0.0,
+        metavar="SECONDS",
+        help="retry connecting for up to this long while the server is not reachable yet "
+        "(a database container still starting; default 0: fail at once)",
     )
     rollup = db_sub.add_parser(
         "rollup",
@@ -153,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="pending device-hours recomputed per transaction (default 10000)",
     )
+    add_db_roles_parser(db_sub)
 
     inv = sub.add_parser("inventory", help="devices, DMAs and sites")
     inv_sub = inv.add_subparsers(dest="inventory_command", required=True, metavar="ACTION")

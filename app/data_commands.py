@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 from core.config import Config
 from ingest.config import IngestConfig
+
+log = logging.getLogger("sobriety.db")
 
 
 def write_json(items: Iterable[Any]) -> None:
@@ -28,7 +31,11 @@ def cmd_db(args: argparse.Namespace, config: Config) -> int:
     from core.db import connect, ensure_database, is_hypertable, upgrade
 
     conninfo = config.db_conninfo()
-    if ensure_database(conninfo, config.database.connect_timeout_s):
+    timeout_s = config.database.connect_timeout_s
+    created = _wait_for(
+        lambda: ensure_database(conninfo, timeout_s), float(getattr(args, "wait", 0.0))
+    )
+    if created:
         print("database created")
     with connect(conninfo, timeout_s=config.database.connect_timeout_s) as conn:
         applied = upgrade(conn, config.storage)
@@ -36,6 +43,30 @@ def cmd_db(args: argparse.Namespace, config: Config) -> int:
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     print("readings storage: " + ("TimescaleDB hypertable" if hyper else "plain PostgreSQL"))
     return 0
+
+
+def _wait_for(attempt: Callable[[], bool], wait_s: float) -> bool:
+    """``attempt()``, retried while the server cannot be reached for up to ``wait_s`` seconds
+    (0.5 s, then doubling up to 5 s, between attempts; each failure logged); the last
+    :class:`core.db.DatabaseError` once the time is up."""
+    from core.db import DatabaseError
+
+    deadline = time.monotonic() + wait_s
+    pause, tries = 0.5, 1
+    while True:
+        try:
+            return attempt()
+        except DatabaseError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if wait_s > 0:
+                    raise DatabaseError(
+                        f"{exc} (gave up after {tries} attempts, {wait_s:g} s)"
+                    ) from None
+                raise
+            log.info("database not reachable yet (attempt %d): %s; retrying", tries, exc)
+            time.sleep(min(pause, left))
+            pause, tries = min(pause * 2, 5.0), tries + 1
 
 
 def cmd_inventory(args: argparse.Namespace, config: Config) -> int:

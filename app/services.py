@@ -118,10 +118,11 @@ def _start_stages(config: Config) -> Any:
     from policies.service import PoliciesService
 
     registry = CollectorRegistry()
-    anomaly = AnomalyService(config.db_conninfo(), config.section(AnomalyConfig), registry)
+    own = config.services_config()  # their own database role, when database.services_url
+    anomaly = AnomalyService(own.db_conninfo(), own.section(AnomalyConfig), registry)
     threading.Thread(target=anomaly.run, name="anomaly", daemon=True).start()
-    policies = PoliciesService(config, registry)
+    policies = PoliciesService(own, registry)
     threading.Thread(target=policies.run, name="policies", daemon=True).start()
-    energy = EnergyService(config.db_conninfo(), config.section(EnergyConfig), registry)
+    energy = EnergyService(own.db_conninfo(), own.section(EnergyConfig), registry)
     threading.Thread(target=energy.run, name="energy", daemon=True).start()
     return registry

@@ -52,7 +52,7 @@ def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
         start=start,
         protocol=config.mqtt.protocol,
     )
-    fleet.connect()
+    fleet.connect(username=config.mqtt.username, password=config.mqtt_password())
     stop = threading.Event()
     install_signals(stop.set)
     try:

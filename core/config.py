@@ -49,16 +49,25 @@ class DatabaseConfig(Section):
     """PostgreSQL connection. ``password_file`` holds the password (never the repository)."""
 
     SECTION: ClassVar[str] = "database"
-    ENV: ClassVar[Mapping[str, str]] = {"SOBRIETY_DB_URL": "url"}
+    ENV: ClassVar[Mapping[str, str]] = {
+        "SOBRIETY_DB_URL": "url",
+        "SOBRIETY_DB_PASSWORD_FILE": "password_file",
+        "SOBRIETY_SERVICES_DB_URL": "services_url",
+        "SOBRIETY_SERVICES_DB_PASSWORD_FILE": "services_password_file",
+    }
 
     url: str = "postgresql://postgres@127.0.0.1:5432/sobriety"
     password_file: Path | None = None
     connect_timeout_s: float = Field(5.0, gt=0)
+    # `sobriety run`: the anomaly, policies and energy services connect as a role of their own
+    # (`sobriety db roles`: {prefix}_services) while the ingest uses `url`; default `url`.
+    services_url: str | None = None
+    services_password_file: Path | None = None
 
-    @field_validator("url")
+    @field_validator("url", "services_url")
     @classmethod
-    def _postgres_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in {"postgresql", "postgres"}:
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in {"postgresql", "postgres"}:
             raise ValueError("a postgresql:// URL")
         return value
 
@@ -179,11 +188,30 @@ class Config:
         return {name: section.model_dump(mode="json") for name, section in self.sections.items()}
 
     def db_conninfo(self) -> str:
-        """The database URL with the password from ``SOBRIETY_DB_PASSWORD`` or its file."""
+        """The database URL with the password from ``SOBRIETY_DB_PASSWORD`` or its file (a URL
+        that carries its own password keeps it)."""
+        if urlsplit(self.database.url).password:
+            return self.database.url
         password = os.environ.get("SOBRIETY_DB_PASSWORD")
         if password is None and self.database.password_file is not None:
             password = _read_secret(self.database.password_file, "database.password_file")
         return _with_password(self.database.url, password)
+
+    def services_config(self) -> Config:
+        """The configuration the services of ``sobriety run`` use: ``database.services_url``
+        (its password from ``SOBRIETY_SERVICES_DB_PASSWORD`` or
+        ``database.services_password_file``) in place of ``database.url``; this one without a
+        ``services_url``."""
+        db = self.database
+        if db.services_url is None:
+            return self
+        password = os.environ.get("SOBRIETY_SERVICES_DB_PASSWORD")
+        if password is None and db.services_password_file is not None:
+            password = _read_secret(db.services_password_file, "database.services_password_file")
+        own = db.model_copy(
+            update={"url": _with_password(db.services_url, password), "password_file": None}
+        )
+        return self.replace(own)
 
     def mqtt_password(self) -> str | None:
         """The broker password from ``SOBRIETY_MQTT_PASSWORD`` or ``mqtt.password_file``."""

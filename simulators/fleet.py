@@ -362,11 +362,14 @@ class Fleet:
                     self._flush(gi, i, t)
 
     # --- run -----------------------------------------------------------------------------------
-    def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect every gateway, announce every device (retained ``state``), and wait until the
-        broker delivered the retained configs (each gateway at most ``timeout_s``)."""
+    def connect(
+        self, timeout_s: float = 10.0, username: str | None = None, password: str | None = None
+    ) -> None:
+        """Connect every gateway (as ``username`` with ``password`` when given), announce every
+        device (retained ``state``), and wait until the broker delivered the retained configs
+        (each gateway at most ``timeout_s``)."""
         for gw in self.gateways:
-            gw.connect(self.url)
+            gw.connect(self.url, username, password)
         for group in self.groups:
             for i in range(len(group.ids)):
                 self._publish_state(group, i)

@@ -97,8 +97,13 @@ class Gateway:
         parts = msg.topic.split("/")
         self.inbox.put((parts[-3], parts[-2], parts[-1], bytes(msg.payload)))
 
-    def connect(self, url: SplitResult) -> None:
-        """Connect, start the network loop and announce the gateway online (retained)."""
+    def connect(
+        self, url: SplitResult, username: str | None = None, password: str | None = None
+    ) -> None:
+        """Connect (as ``username`` when the broker authenticates: a gateway's user name is its
+        site id), start the network loop and announce the gateway online (retained)."""
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.connect(url.hostname or "127.0.0.1", url.port or 1883, keepalive=30)
         self.client.loop_start()
         self.send(self.state_topic, encode(DeviceState(online=True)), retain=True)
