@@ -22,7 +22,8 @@ def balances(
     """One row per DMA: volumes in and out [m³], metered consumption [m³], losses [m³], yield
     and the decree threshold [%], ILC and ILP [m³/km/day], UARL [m³/day], ILI; and how many
     meters of each role reported (a meter without data makes the balance incomplete, which the
-    row says rather than hides)."""
+    row says rather than hides: ``incomplete``; ``meters``: per role, meters and those with
+    data)."""
     days = (until - since).total_seconds() / 86400.0
     rows: list[dict[str, Any]] = []
     for name, _tz in store.sites(conn, site):
@@ -66,6 +67,14 @@ def balances(
                     "uarl_m3_day": _round(bal.uarl_m3_day, 3),
                     "ili": _round(bal.ili, 2),
                     "incomplete": missing,
+                    "meters": {
+                        role: {"meters": v["meters"], "reporting": v["reporting"]}
+                        for role, v in (
+                            ("inlet", inlet),
+                            ("outlet", outlet),
+                            ("customers", customers),
+                        )
+                    },
                 }
             )
     return rows

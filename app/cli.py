@@ -16,6 +16,8 @@ from app import (
     data_commands,
     energy_commands,
     policies_commands,
+    privacy_commands,
+    publish_commands,
     services,
     simulation,
     water_commands,
@@ -80,6 +82,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "alerts": water_commands.cmd_alerts,
     "policies": policies_commands.cmd_policies,
     "energy": energy_commands.cmd_energy,
+    "publish": publish_commands.cmd_publish,
+    "privacy": privacy_commands.cmd_privacy,
     "simulate": simulation.cmd_simulate,
     "demo": simulation.cmd_demo,
 }

@@ -12,7 +12,10 @@ from pathlib import Path
 from anomaly.alerts import ALERT_KINDS as WATER_ALERT_KINDS
 from app.db_roles import add_db_roles_parser
 from app.energy_commands import add_energy_parser
+from app.export_commands import add_export_parsers
 from app.policies_commands import add_policies_parser
+from app.privacy_commands import add_privacy_parser
+from app.publish_commands import add_publish_parser
 from core import __version__
 from core.errors import RejectReason
 from energy.fault_store import FAULT_KINDS
@@ -182,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
          "is durable. Runs until SIGTERM or Ctrl-C (which flush and stop cleanly)."),
         ("run", "run every service in one process until stopped",
          "All services in one process: the ingest, the policies service (configs every "
-         "policies.service.interval_s), leak detection every anomaly.interval_s and energy "
-         "accounting every energy.interval_s, "
+         "policies.service.interval_s), leak detection every anomaly.interval_s, energy "
+         "accounting every energy.interval_s and the retention of [privacy] every "
+         "privacy.interval_s, "
          "each in a thread; metrics on one endpoint. Runs until SIGTERM or Ctrl-C."),
     ):  # fmt: skip
         _service_options(sub.add_parser(name, help=text, description=about))
@@ -209,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _period(exp_readings)
     _site(exp_readings)
     _format(exp_readings, ("csv",))
+    add_export_parsers(exp_sub, exp_readings, _period, _site, _format)
 
     sim = sub.add_parser(
         "simulate",
@@ -316,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_policies_parser(sub)
     add_energy_parser(sub, _period, _site, _format, _port)
+    add_publish_parser(sub)
+    add_privacy_parser(sub, _format)
 
     alerts = sub.add_parser("alerts", help="list, acknowledge and resolve alerts")
     al_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

@@ -126,13 +126,10 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
-    from core.db import connect
-    from ingest.export import export_readings
+    """``export readings|alerts|energy`` (app/export_commands.py: pseudonymised, streamed)."""
+    from app.export_commands import cmd_export as export
 
-    with connect(config.db_conninfo()) as conn:
-        export_readings(conn, sys.stdout.buffer, args.since, args.until, args.site)
-    sys.stdout.buffer.flush()
-    return 0
+    return export(args, config)
 
 
 def cmd_rejected(args: argparse.Namespace, config: Config) -> int:

@@ -387,7 +387,7 @@ def render(report: DemoReport, serve: bool) -> str:
     exe = f"{_command()} --db-url {shlex.quote(shown)}"
     site = report.sites[0] if report.sites else ""
     w(f"  {exe} export readings --since {_iso(report.start)} --until {_iso(report.end)} "
-      f"--site {site}")  # fmt: skip
+      f"--site {site} --no-pseudonymise  # simulated meters: no personal data")  # fmt: skip
     w(f"  {exe} rejected")
     w(f"  {exe} alerts list")
     if report.metrics_url and serve:

@@ -108,11 +108,12 @@ def _serve_ingest(args: argparse.Namespace, config: Config) -> int:
 
 
 def _start_stages(config: Config) -> Any:
-    """``sobriety run``: the anomaly, policies and energy services in threads, their metrics in
-    the ingest's registry."""
+    """``sobriety run``: the anomaly, policies, energy and retention services in threads, their
+    metrics in the ingest's registry."""
     from prometheus_client import CollectorRegistry
 
     from anomaly.service import AnomalyService
+    from app.privacy_commands import RetentionService
     from energy.config import EnergyConfig
     from energy.service import EnergyService
     from policies.service import PoliciesService
@@ -125,4 +126,6 @@ def _start_stages(config: Config) -> Any:
     threading.Thread(target=policies.run, name="policies", daemon=True).start()
     energy = EnergyService(own.db_conninfo(), own.section(EnergyConfig), registry)
     threading.Thread(target=energy.run, name="energy", daemon=True).start()
+    retention = RetentionService(own.db_conninfo(), own.privacy, registry)  # [privacy] days
+    threading.Thread(target=retention.run, name="privacy", daemon=True).start()
     return registry

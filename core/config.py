@@ -1,13 +1,13 @@
 """Configuration: command-line flags > environment (``SOBRIETY_*``) > TOML file > defaults.
 
 One typed :class:`Section` per ``[section]`` of the file. The core owns ``[database]``,
-``[mqtt]``, ``[storage]`` and ``[metrics]``; each stage owns its own section (``IngestConfig``
-in ``ingest/config.py``, ``AnomalyConfig`` in ``anomaly/config.py``, ...) and the application
-registers them by passing them to :func:`load_config`. Unknown sections and keys are errors, and
-every error names where the value came from (file, variable or flag), the key, the value and what
-was expected. Secrets (database and broker passwords) come only from the environment or from
-files named in the configuration. ``sobriety.sample.toml`` at the repository root lists every key
-with its default.
+``[mqtt]``, ``[storage]``, ``[metrics]`` and ``[privacy]``; each stage owns its own section
+(``IngestConfig`` in ``ingest/config.py``, ``AnomalyConfig`` in ``anomaly/config.py``, ...) and
+the application registers them by passing them to :func:`load_config`. Unknown sections and keys
+are errors, and every error names where the value came from (file, variable or flag), the key,
+the value and what was expected. Secrets (database and broker passwords, the pseudonymisation
+key) come only from the environment or from files named in the configuration.
+``sobriety.sample.toml`` at the repository root lists every key with its default.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from core.contract import DEFAULT_ROOT
 from core.errors import ConfigError
 from core.models import Loc, StrictModel, describe_errors, read_toml
+from core.privacy import MIN_KEY_BYTES
 
 __all__ = [
     "CORE_SECTIONS",
@@ -31,6 +32,7 @@ __all__ = [
     "DatabaseConfig",
     "MetricsConfig",
     "MqttConfig",
+    "PrivacyConfig",
     "Section",
     "StorageConfig",
     "load_config",
@@ -130,11 +132,40 @@ class MetricsConfig(Section):
     port: int = Field(9108, ge=0, le=65535)
 
 
+class PrivacyConfig(Section):
+    """Personal data (RGPD): the key of the customer meters' pseudonyms in exports, and how long
+    each class of data is kept (days; 0: forever). See README.md, "Personal data (RGPD)"."""
+
+    SECTION: ClassVar[str] = "privacy"
+    ENV: ClassVar[Mapping[str, str]] = {"SOBRIETY_PRIVACY_HMAC_KEY_FILE": "hmac_key_file"}
+
+    hmac_key_file: Path | None = None
+    customer_raw_days: int = Field(400, ge=0)  # a year of bills + a month of disputes
+    raw_days: int = Field(0, ge=0)
+    aggregates_days: int = Field(0, ge=0)
+    interval_s: float = Field(3600.0, gt=0)
+    batch_rows: int = Field(50_000, ge=1)
+    max_batches: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _aggregates_outlive_raw(self) -> PrivacyConfig:
+        if self.aggregates_days:
+            for name in ("customer_raw_days", "raw_days"):
+                raw = getattr(self, name)
+                if raw == 0 or raw > self.aggregates_days:
+                    raise ValueError(
+                        f"aggregates_days = {self.aggregates_days} but {name} = {raw}: the "
+                        "aggregates must be kept at least as long as the raw readings"
+                    )
+        return self
+
+
 CORE_SECTIONS: tuple[type[Section], ...] = (
     DatabaseConfig,
     MqttConfig,
     StorageConfig,
     MetricsConfig,
+    PrivacyConfig,
 )
 """The sections of the core."""
 
@@ -173,6 +204,31 @@ class Config:
     def metrics(self) -> MetricsConfig:
         """``[metrics]``."""
         return self.section(MetricsConfig)
+
+    @property
+    def privacy(self) -> PrivacyConfig:
+        """``[privacy]``."""
+        return self.section(PrivacyConfig)
+
+    def privacy_key(self) -> bytes:
+        """The key of the customer meters' pseudonyms, from ``privacy.hmac_key_file``; a
+        :class:`ConfigError` naming the key when it is not configured, unreadable or short."""
+        path = self.privacy.hmac_key_file
+        if path is None:
+            raise ConfigError(
+                "[privacy] hmac_key_file ($SOBRIETY_PRIVACY_HMAC_KEY_FILE) is not set: customer "
+                "meters (water_meter) are personal data and leave the service only under a keyed "
+                "pseudonym; name a file holding a secret of 32 random bytes or more (e.g. "
+                "`head -c 32 /dev/urandom | base64 > FILE`), or pass --no-pseudonymise for the "
+                "commune's own reversibility export"
+            )
+        key = _read_secret(path, "privacy.hmac_key_file").encode()
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigError(
+                f"privacy.hmac_key_file = {str(path)!r}: the key holds {len(key)} bytes; "
+                f"expected {MIN_KEY_BYTES} or more"
+            )
+        return key
 
     def replace(self, *sections: Section) -> Config:
         """A copy with these sections replaced (``config.replace(mqtt.model_copy(...))``)."""

@@ -59,7 +59,8 @@ PLAN: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     },
     "services": {
         **_INVENTORY,
-        "readings": _S,  # the rollup refresh; energy/store.py raw counter readings
+        # the rollup refresh; energy/store.py raw counter readings; DELETE: core/retention.py
+        "readings": ("SELECT", "DELETE"),
         # core/rollup.py and core/rollup_changes.py: the refresh the services run
         "readings_hourly": _RW,
         "readings_hourly_pending": ("SELECT", "DELETE"),

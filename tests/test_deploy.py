@@ -29,6 +29,7 @@ import yaml
 from app.cli_parser import build_parser
 from app.config import load_config
 from app.embedded.service_process import ServiceProcess, private_ingest_config
+from core.config import PrivacyConfig
 from core.db import with_database
 from tests.fix_mqtt import free_port
 
@@ -509,3 +510,15 @@ def test_the_service_connects_as_the_least_privilege_roles(compose: dict[str, An
     assert {"ingest", "services"} <= set(KINDS)
     migrate = compose["services"]["migrate"]
     assert "db roles --passwords /run/secrets" in " ".join(migrate["command"])
+
+
+def test_the_production_configuration_keeps_personal_data_for_400_days_under_timescaledb() -> None:
+    """Under TimescaleDB the per-class retention of raw readings is refused (the rollup is a
+    continuous aggregate): the compose configuration leaves it off and drops every raw reading
+    after 400 days with [storage] retention; exports have their pseudonym key."""
+    config = load_config(ROOT / "deploy" / "sobriety.toml", env={})
+    privacy = config.section(PrivacyConfig)
+    assert privacy.customer_raw_days == 0
+    assert privacy.raw_days == 0
+    assert config.storage.retention == "400 days"
+    assert privacy.hmac_key_file == Path("/run/secrets/privacy_hmac_key")
