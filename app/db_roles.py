@@ -5,6 +5,10 @@ or brought up to date; run it again after every ``db upgrade``.
 Passwords come from the files ``DIR/{role}_password`` (Docker secrets: ``/run/secrets``), read
 here and never printed nor logged; without ``--passwords`` a new role gets none (trust or peer
 authentication) and the output says so.
+
+``--commune SITE`` (repeatable) makes, instead, the role of a commune, ``{prefix}_site_{site}``
+(``-`` and ``.`` of the site id made ``_``): LOGIN, SELECT on every api view, which shows it
+that site's rows only (tenancy, migration 0019); its password from ``DIR/{role}_password``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import orjson
 
 from core.config import Config
 from core.errors import UsageError
-from core.roles import RolesReport, apply_roles, role_names
+from core.roles import (
+    RoleReport,
+    RolesReport,
+    apply_roles,
+    apply_site_reader,
+    role_names,
+    site_reader_name,
+)
 
 __all__ = ["add_db_roles_parser", "cmd_db_roles", "read_passwords"]
 
@@ -44,6 +55,13 @@ def add_db_roles_parser(db_sub: Any) -> None:
         metavar="DIR",
         help="set each role's password from the file DIR/ROLE_password (e.g. /run/secrets); "
         "without it, new roles have no password (trust or peer authentication)",
+    )
+    roles.add_argument(
+        "--commune",
+        action="append",
+        metavar="SITE",
+        help="instead, create or update the role PREFIX_site_SITE of this commune (repeatable): "
+        "SELECT on the api views, which show it the rows of SITE only",
     )
     roles.add_argument(
         "--format", choices=("text", "json"), default="text", help="output (text, json)"
@@ -74,6 +92,8 @@ def cmd_db_roles(args: argparse.Namespace, config: Config) -> int:
     """Apply the roles and print what was done."""
     from core.db import connect
 
+    if args.commune:
+        return _cmd_communes(args, config)
     names = role_names(args.prefix)
     passwords = None
     if args.passwords is not None:
@@ -85,6 +105,36 @@ def cmd_db_roles(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.write("\n")
     else:
         print(_as_text(report))
+    return 0
+
+
+def _cmd_communes(args: argparse.Namespace, config: Config) -> int:
+    """``--commune SITE ...``: the communes' roles, one transaction each."""
+    from core.db import connect
+
+    roles = {site: site_reader_name(args.prefix, site) for site in args.commune}
+    passwords: dict[str, str] = {}
+    if args.passwords is not None:
+        passwords = read_passwords(args.passwords, list(roles.values()))
+    reports: list[RoleReport] = []
+    with connect(config.db_conninfo(), timeout_s=config.database.connect_timeout_s) as conn:
+        for site, role in roles.items():
+            reports.append(apply_site_reader(conn, args.prefix, site, passwords.get(role)))
+    if args.format == "json":
+        out = {
+            "communes": [{"site": s, **r.as_dict()} for s, r in zip(roles, reports, strict=True)]
+        }
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        for site, report in zip(roles, reports, strict=True):
+            auth = {
+                "password set": "password set from its file",
+                "no password": "no password: trust or peer authentication only",
+                "unchanged": "password not changed by this run",
+            }[report.auth]
+            print(f"{report.role}: {report.status}, LOGIN; {auth}; reads site {site} only")
+            print(f"  SELECT: {len(report.grants)} api views")
     return 0
 
 

@@ -13,6 +13,11 @@ fire ``readings_hourly_mark()``, which inserts into ``readings_hourly_pending`` 
 holds INSERT there (and nothing else). Identity columns need no sequence privilege (PostgreSQL
 checks INSERT on the table). Views read their base tables with their owner's rights, so
 Grafana's SELECT on the ``api`` views is all it needs.
+
+Tenancy (migration 0019): the ``api`` views show a role the sites of ``site_readers`` for it,
+or every site when it is an operator (``site_operators``, the tables' owner, a superuser).
+:func:`apply_roles` makes the services and Grafana operators; :func:`apply_site_reader` makes a
+commune's role ``{prefix}_site_{site}``, which reads its own site's rows of every api view.
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ from core.errors import SobrietyError, UsageError
 __all__ = [
     "API_READERS",
     "KINDS",
+    "OPERATORS",
     "OWNER_ONLY",
     "PLAN",
     "RoleReport",
     "RolesError",
     "RolesReport",
     "apply_roles",
+    "apply_site_reader",
     "role_names",
+    "site_reader_name",
     "unclassified_tables",
 ]
 
@@ -97,8 +105,14 @@ are not."""
 API_READERS = ("services", "grafana")
 """The roles with USAGE on schema ``api`` and SELECT on every view in it."""
 
-OWNER_ONLY = frozenset({"schema_migrations"})
-"""Tables no role but the owner touches."""
+OWNER_ONLY = frozenset({"schema_migrations", "site_readers", "site_operators"})
+"""Tables no role but the owner touches (who reads which site: written by ``db roles``, read
+through the api views with their owner's rights)."""
+
+OPERATORS = ("services", "grafana")
+"""The roles that read every site of the api views (rows in ``site_operators``)."""
+
+_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _DANGEROUS = ("rolsuper", "rolcreaterole", "rolcreatedb", "rolreplication", "rolbypassrls")
@@ -282,9 +296,100 @@ def apply_roles(
             if report.status == "unchanged" and (report.granted or report.revoked):
                 report.status = "updated"
             reports.append(report)
+            if "site_operators" in present:
+                _set_operator(conn, role, kind in OPERATORS)
         _check_no_create(conn, names.values())
     listed = {t for grants in PLAN.values() for t in grants}
     return RolesReport(owner, reports, unclassified_tables(conn), sorted(listed - present))
+
+
+def _set_operator(conn: psycopg.Connection, role: str, operator: bool) -> None:
+    """List ``role`` in ``site_operators`` (it reads every site) or take it out."""
+    if operator:
+        conn.execute(
+            "INSERT INTO site_operators (role) VALUES (%s) ON CONFLICT DO NOTHING", (role,)
+        )
+    else:
+        conn.execute("DELETE FROM site_operators WHERE role = %s", (role,))
+
+
+def site_reader_name(prefix: str, site: str) -> str:
+    """The role of a commune, ``{prefix}_site_{site}`` with ``-`` and ``.`` made ``_``;
+    :class:`UsageError` for a site id that cannot make an identifier."""
+    role_names(prefix)  # checks the prefix
+    if not _SITE_ID.match(site):
+        raise UsageError(
+            f"--commune {site!r}: a role can be made only for a site id of lower-case letters, "
+            "digits, '_', '-' and '.' (starting with a letter or digit)"
+        )
+    role = f"{prefix}_site_{re.sub(r'[.-]', '_', site)}"
+    if len(role) > 63:
+        raise UsageError(
+            f"--commune {site!r}: the role {role} would be longer than 63 characters "
+            "(PostgreSQL truncates names): use a shorter --prefix"
+        )
+    return role
+
+
+def apply_site_reader(
+    conn: psycopg.Connection, prefix: str, site: str, password: str | None = None
+) -> RoleReport:
+    """Create or update the LOGIN role of commune ``site`` — USAGE on schema ``api``, SELECT on
+    every view in it (rows of ``site`` only: ``site_readers``), nothing in ``public`` — in one
+    transaction; idempotent. ``password`` set when given (else a new role has none)."""
+    role = site_reader_name(prefix, site)
+    with conn.transaction():
+        owner = _owner(conn)
+        if conn.execute("SELECT to_regclass('public.site_readers')").fetchone() in (None, (None,)):
+            raise RolesError("the database has no site_readers: run `sobriety db upgrade` first")
+        if conn.execute("SELECT 1 FROM sites WHERE site = %s", (site,)).fetchone() is None:
+            raise UsageError(f"--commune {site!r}: no such site (import the inventory first)")
+        other = conn.execute(
+            "SELECT string_agg(site, ', ') FROM site_readers WHERE role = %s AND site <> %s",
+            (role, site),
+        ).fetchone()
+        if other is not None and other[0]:
+            raise RolesError(
+                f"role {role} already reads site(s) {other[0]}: two site ids give the same "
+                "role name (rename one site, or use another --prefix)"
+            )
+        report = RoleReport("commune", role)
+        encrypted = None
+        if password is not None:
+            encrypted = conn.pgconn.encrypt_password(
+                password.encode(), role.encode(), b"scram-sha-256"
+            )
+        _ensure_role(conn, report, encrypted)
+        before = _flat(_privileges(conn, role))
+        ident, owner_ident = sql.Identifier(role), sql.Identifier(owner)
+        run = conn.execute
+        database = sql.Identifier(str(conn.info.dbname))
+        run(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, ident))
+        for schema in ("public", "api"):
+            name = sql.Identifier(schema)
+            run(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(name, ident))
+            run(sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA {} FROM {}").format(name, ident))
+            run(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(name, ident))
+        run(sql.SQL("GRANT USAGE ON SCHEMA api TO {}").format(ident))
+        run(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA api TO {}").format(ident))
+        run(
+            sql.SQL(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA api GRANT SELECT ON TABLES TO {}"
+            ).format(owner_ident, ident)
+        )
+        _set_operator(conn, role, False)
+        run(
+            "INSERT INTO site_readers (role, site) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (role, site),
+        )
+        _check_no_create(conn, [role])
+        report.grants = _privileges(conn, role)
+        after = _flat(report.grants)
+        report.granted = sorted(after - before)
+        report.revoked = sorted(before - after)
+        if report.status == "unchanged" and (report.granted or report.revoked):
+            report.status = "updated"
+    return report
 
 
 def _grant(
