@@ -4,7 +4,7 @@ faults (a table, annotations and a map) and the cabinets."""
 
 from __future__ import annotations
 
-from dashboards.panels import PanelBuilder, big_number, frame, grid, series
+from dashboards.panels import PanelBuilder, annotation, big_number, frame, grid, series
 from dashboards.sdk import POSTGRES_DATASOURCE, Lang, cb, cm, db, dm, geomap, gm, sql
 from dashboards.sqlparts import (
     LUMINAIRE_FAULTS,
@@ -372,14 +372,7 @@ def _fault_annotations(lang: Lang) -> db.AnnotationQuery:
     """,
         "table",
     )
-    return (
-        db.AnnotationQuery()
-        .name(lang("Défauts de luminaires", "Luminaire faults"))
-        .datasource(POSTGRES_DATASOURCE)
-        .enable(True)
-        .icon_color("orange")
-        .target(query)
-    )
+    return annotation(lang("Défauts de luminaires", "Luminaire faults"), "orange", query)
 
 
 def build(lang: Lang) -> db.Dashboard:

@@ -130,6 +130,18 @@ def grid(
     return panel
 
 
+def annotation(name: str, color: str, query: Target) -> db.AnnotationQuery:
+    """Annotations from the PostgreSQL ``query`` (columns time, timeend, text, tags)."""
+    return (
+        db.AnnotationQuery()
+        .name(name)
+        .datasource(POSTGRES_DATASOURCE)
+        .enable(True)
+        .icon_color(color)
+        .target(query)
+    )
+
+
 def frame(lang: Lang, slug: str, title: str, description: str, tags: list[str]) -> db.Dashboard:
     """A dashboard with its uid (per slug and language), the ``site`` variable, the last 7 days
     and the site's own time zone left to the browser (Grafana shows local time)."""

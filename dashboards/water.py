@@ -4,8 +4,8 @@ the yield against the decree 2012-97 threshold and the ILI, the customer-meter a
 
 from __future__ import annotations
 
-from dashboards.panels import PanelBuilder, big_number, frame, grid, series
-from dashboards.sdk import POSTGRES_DATASOURCE, Lang, db, sql
+from dashboards.panels import PanelBuilder, annotation, big_number, frame, grid, series
+from dashboards.sdk import Lang, db, sql
 from dashboards.sqlparts import (
     CUSTOMER_KINDS,
     SITES,
@@ -223,14 +223,7 @@ def _leak_annotations(lang: Lang) -> db.AnnotationQuery:
     """,
         "table",
     )
-    return (
-        db.AnnotationQuery()
-        .name(lang("Fuites", "Leaks"))
-        .datasource(POSTGRES_DATASOURCE)
-        .enable(True)
-        .icon_color("red")
-        .target(query)
-    )
+    return annotation(lang("Fuites", "Leaks"), "red", query)
 
 
 def build(lang: Lang) -> db.Dashboard:
