@@ -15,6 +15,9 @@ class AnomalyConfig(Section):
     """Leak detection (``sobriety anomaly``); see anomaly/README.md for the meaning of each."""
 
     SECTION: ClassVar[str] = "anomaly"
+    # A commune may set every key of detection for itself ([sites.SITE.anomaly]); when the
+    # service scans, and over what, is the install's.
+    SITE_KEYS: ClassVar[frozenset[str]] = frozenset()  # set below, from the fields
 
     interval_s: float = Field(900.0, ge=10)
     rescan_days: float = Field(2.0, gt=0)
@@ -46,3 +49,6 @@ class AnomalyConfig(Section):
         if self.night_end_h <= self.night_start_h:
             raise ValueError("night_end_h after night_start_h (a window within one local date)")
         return self
+
+
+AnomalyConfig.SITE_KEYS = frozenset(AnomalyConfig.model_fields) - {"interval_s", "rescan_days"}

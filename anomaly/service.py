@@ -35,6 +35,7 @@ from core.arrays import FloatArray
 from core.clock import Clock, SystemClock, utc
 from core.db import connect
 from core.errors import SobrietyError
+from core.site_config import PerSite
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +231,22 @@ def _local_midnight(day: int, tz: ZoneInfo) -> float:
 class Scanner:
     """Runs the detectors of one configuration over a database connection."""
 
-    def __init__(self, cfg: AnomalyConfig, metrics: AnomalyMetrics | None = None) -> None:
-        self.cfg = cfg
+    def __init__(
+        self,
+        cfg: AnomalyConfig | PerSite[AnomalyConfig],
+        metrics: AnomalyMetrics | None = None,
+    ) -> None:
+        self.per_site = PerSite.of(cfg)
+        self.cfg = self.per_site.default
         self.metrics = metrics
-        self.steps = step_params(cfg)
-        self.bursts = burst_params(cfg)
+        self._params: dict[int, tuple[StepParams, BurstParams]] = {}
+
+    def _site_params(self, cfg: AnomalyConfig) -> tuple[StepParams, BurstParams]:
+        """The detectors' parameters of a site's configuration (computed once per config)."""
+        found = self._params.get(id(cfg))
+        if found is None:
+            found = self._params[id(cfg)] = (step_params(cfg), burst_params(cfg))
+        return found
 
     def scan(
         self, conn: psycopg.Connection, since: float, until: float, site: str | None = None
@@ -258,11 +270,12 @@ class Scanner:
             self.update_gauges(conn)
         return report
 
-    def _holiday_days(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+    @staticmethod
+    def _holiday_days(cfg: AnomalyConfig) -> np.ndarray[Any, np.dtype[np.int64]]:
         """Local day numbers (days since 1970-01-01) of the configured holidays."""
         days = [
             np.arange((first - EPOCH).days, (after - EPOCH).days, dtype=np.int64)
-            for first, after in self.cfg.holidays
+            for first, after in cfg.holidays
         ]
         return np.concatenate(days) if days else np.zeros(0, dtype=np.int64)
 
@@ -282,13 +295,14 @@ class Scanner:
         self, conn: psycopg.Connection, site: str, tz_name: str, since: float, until: float,
         report: ScanReport,
     ) -> None:  # fmt: skip
-        cfg = self.cfg
+        cfg = self.per_site.get(site)
+        step_cfg, burst_cfg = self._site_params(cfg)
         tz = ZoneInfo(tz_name)
         active = alerts_store.active_since(conn, site)
         fetch_from = min(since, active if active is not None else since)
         fetch_from -= cfg.lookback_days * 86400.0
         dma_list = store.dmas(conn, site)
-        quiet = self.bursts.quiet_hours
+        quiet = burst_cfg.quiet_hours
         read_hours = tuple(range(cfg.night_start_h, cfg.night_end_h)) + tuple(range(*quiet))
         hours = store.dma_hours(
             conn, site, tz_name, utc(fetch_from), utc(until), dma_list, read_hours
@@ -297,7 +311,7 @@ class Scanner:
             conn, site, tz_name, utc(fetch_from), utc(until), cfg.night_start_h, cfg.night_end_h
         )
         resets = alerts_store.manual_resolutions(conn, site, "leak")
-        holiday_days = self._holiday_days()
+        holiday_days = self._holiday_days(cfg)
         night_rows: list[tuple[Any, ...]] = []
         for info in dma_list:
             report.dmas += 1
@@ -318,14 +332,14 @@ class Scanner:
             dma_resets = tuple(resets.get(info.dma, ()))
             steps = detect_steps(
                 nights.window_start, nights.window_end, nights.net_m3h, nights.weekend,
-                self.steps, dma_resets, mnf=nights.mnf_m3h, baseline_out=baseline,
+                step_cfg, dma_resets, mnf=nights.mnf_m3h, baseline_out=baseline,
                 holiday=np.isin(nights.day, holiday_days), pressure=evidence,
             )  # fmt: skip
             use, _usual, _ok = metered_use(h.metered_m3h, h.meters, cfg.min_meter_coverage)
             hourly = np.where(h.frozen, np.nan, h.inflow_m3h - use)
             bursts = detect_bursts(
                 h.hour_start, h.day, h.hour, hourly, h.weekend,
-                self.bursts, dma_resets, holiday=np.isin(h.day, holiday_days),
+                burst_cfg, dma_resets, holiday=np.isin(h.day, holiday_days),
             )  # fmt: skip
             leaks = [
                 leak_found(site, info.dma, group, until) for group in merge_episodes(steps, bursts)
@@ -365,7 +379,7 @@ class Scanner:
         self, conn: psycopg.Connection, site: str, tz: ZoneInfo, since: float, until: float,
         report: ScanReport,
     ) -> None:  # fmt: skip
-        cfg = self.cfg
+        cfg = self.per_site.get(site)
         history = cfg.high_consumption_window_days + cfg.high_consumption_history_days
         # Continuity needs every hour, consumption one index per day: hours are read only as
         # far back as a continuous flow that is still being reconciled can reach.
@@ -438,12 +452,12 @@ class AnomalyService:
     def __init__(
         self,
         conninfo: str,
-        cfg: AnomalyConfig,
+        cfg: AnomalyConfig | PerSite[AnomalyConfig],
         registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.conninfo = conninfo
-        self.cfg = cfg
+        self.cfg = PerSite.of(cfg).default  # when and over what it scans: the install's
         self.clock = clock or SystemClock()
         self.metrics = AnomalyMetrics(registry) if registry is not None else None
         self.scanner = Scanner(cfg, self.metrics)

@@ -168,7 +168,7 @@ def run_demo(
             stop_meter()  # its last sample, before the energy stage counts it
             _account_energy(services.db_url, config, truth.start, truth.end)
             with connect(services.db_url) as conn:
-                Scanner(anomaly).scan(conn, history.start, truth.end)
+                Scanner(config.per_site(AnomalyConfig)).scan(conn, history.start, truth.end)
                 conn.commit()
                 report = gather(conn, truth, town, anomaly, written)
                 report.energy = find_energy(conn, truth, town)
@@ -214,7 +214,7 @@ def _account_energy(db_url: str, config: Config, since: float, until: float) -> 
     with connect(db_url, autocommit=True) as conn:
         rollup.refresh(conn)
     with connect(db_url) as conn:
-        recompute(conn, config.section(EnergyConfig), since, until)
+        recompute(conn, config.per_site(EnergyConfig), since, until)
 
 
 def _prepare_database(services: Services, sites: list[str], config: Config) -> str:

@@ -64,7 +64,7 @@ def cmd_energy(args: argparse.Namespace, config: Config) -> int:
         with connect(config.db_conninfo()) as conn:
             report = recompute(
                 conn,
-                config.section(EnergyConfig),
+                config.per_site(EnergyConfig),
                 args.since.timestamp(),
                 args.until.timestamp(),
                 args.site,
@@ -82,7 +82,7 @@ def cmd_energy(args: argparse.Namespace, config: Config) -> int:
     from energy.service import EnergyService
 
     def build(registry: Any) -> tuple[Callable[[], None], Callable[[], None]]:
-        service = EnergyService(config.db_conninfo(), config.section(EnergyConfig), registry)
+        service = EnergyService(config.db_conninfo(), config.per_site(EnergyConfig), registry)
         return service.run, service.stop
 
     return serve_stage(args, config, build)

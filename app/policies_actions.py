@@ -131,7 +131,7 @@ def _publish(args: argparse.Namespace, config: Config) -> int:
     link.connect(config.section(PoliciesConfig).service.publish_timeout_s)
     try:
         with connect(config.db_conninfo(), timeout_s=config.database.connect_timeout_s) as conn:
-            report = publish_pass(conn, link, config.section(PoliciesConfig), time.time())
+            report = publish_pass(conn, link, config.per_site(PoliciesConfig), time.time())
     finally:
         link.close()
     if args.format == "json":

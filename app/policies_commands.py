@@ -14,11 +14,13 @@ from typing import TypeAlias
 import orjson
 
 from app.policies_actions import DEVICE_ACTIONS, add_device_actions, cmd_device_action
+from app.policies_sites import policies_in_force
 from core.config import Config
 from core.contract import METRICS
 from core.db import connect
-from policies.config import CalendarRule, PoliciesConfig, Program, load_policies
+from policies.config import CalendarRule, PoliciesConfig, Program
 from policies.programs import floor_adjustments
+from policies.site_policies import load_site_policies
 
 __all__ = [
     "add_policies_parser",
@@ -125,10 +127,14 @@ def cmd_policies(args: argparse.Namespace, config: Config) -> int:
         from app.policies_simulate import cmd_simulate
 
         return cmd_simulate(args, config)
-    policies = load_policies(args.file)
+    per_site = load_site_policies(args.file)
     print(f"{args.file}: valid")
-    for line in describe_policies(policies):
+    for line in describe_policies(per_site.default):
         print(line)
+    for site, own in sorted(per_site.sites.items()):
+        print(f"site {site} (its own keys over the file's):")
+        for line in describe_policies(own):
+            print(f"  {line}")
     return 0
 
 
@@ -137,11 +143,7 @@ def cmd_schedule(args: argparse.Namespace, config: Config) -> int:
     module, and astral with it, loaded only for this command)."""
     from app.policies_schedule import format_table, site_night, to_json
 
-    policies = (
-        load_policies(args.policies)
-        if args.policies is not None
-        else config.section(PoliciesConfig)
-    )
+    policies = policies_in_force(args.policies, config).get(args.site)
     with connect(config.db_conninfo(), timeout_s=config.database.connect_timeout_s) as conn:
         result = site_night(conn, args.site, args.date, policies, args.group)
     if args.format == "json":

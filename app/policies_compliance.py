@@ -23,12 +23,12 @@ import orjson
 import psycopg
 
 from app.policies_commands import Subcommands, parse_night
-from app.policies_sites import site_place
+from app.policies_sites import policies_in_force, site_place
 from core.config import Config
 from core.db import connect
 from core.errors import ConfigError, UsageError
 from core.inventory import device_property
-from policies.config import PoliciesConfig, load_policies
+from policies.config import PoliciesConfig
 
 if TYPE_CHECKING:
     from policies.compliance import Compliance, Luminaire
@@ -206,11 +206,7 @@ def site_compliance(
 
 def cmd_compliance(args: argparse.Namespace, config: Config) -> int:
     """``sobriety policies compliance``: 0 when compliant, 1 when there are findings."""
-    policies = (
-        load_policies(args.policies)
-        if args.policies is not None
-        else config.section(PoliciesConfig)
-    )
+    policies = policies_in_force(args.policies, config).get(args.site)
     with connect(config.db_conninfo(), timeout_s=config.database.connect_timeout_s) as conn:
         found = site_compliance(conn, args.site, args, policies)
     if args.format == "json":

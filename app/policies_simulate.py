@@ -19,11 +19,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 import psycopg
 
-from app.policies_sites import site_place
+from app.policies_sites import policies_in_force, site_place
 from core.config import Config
 from core.db import connect
 from core.errors import ConfigError, UsageError
-from policies.config import PoliciesConfig, load_policies
+from policies.config import PoliciesConfig
 
 if TYPE_CHECKING:
     from policies.energy import Luminaire, SiteEnergy
@@ -82,11 +82,7 @@ def add_simulate_parser(actions: Any) -> None:
 def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     """``sobriety policies simulate --site S --since D1 --until D2 [--program P] [--policies
     FILE] [--format table|json]``."""
-    policies = (
-        load_policies(args.policies)
-        if args.policies is not None
-        else config.section(PoliciesConfig)
-    )
+    policies = policies_in_force(args.policies, config).get(args.site)
     with connect(config.db_conninfo(), timeout_s=config.database.connect_timeout_s) as conn:
         result, timezone = site_energy(
             conn, args.site, args.since_night, args.until_night, policies, args.program

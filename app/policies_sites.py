@@ -1,13 +1,27 @@
 """The site a ``policies`` command is about: its time zone and the coordinates of its
-astronomical clock, with the errors a person can act on (no astral here: the CLI starts fast)."""
+astronomical clock, with the errors a person can act on, and the policies in force there (no
+astral here: the CLI starts fast)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 
+from core.config import Config
 from core.errors import UsageError
+from core.site_config import PerSite
+from policies.config import PoliciesConfig
+from policies.site_policies import load_site_policies
 
-__all__ = ["site_place"]
+__all__ = ["policies_in_force", "site_place"]
+
+
+def policies_in_force(path: Path | None, config: Config) -> PerSite[PoliciesConfig]:
+    """The policies of each site: those of the file ``path`` (``--policies``: its
+    ``[sites.SITE]`` tables over its own keys), else of the configuration (``[policies]``
+    and ``[sites.SITE.policies]``)."""
+    return load_site_policies(path) if path is not None else config.per_site(PoliciesConfig)
 
 
 def site_place(conn: psycopg.Connection, site: str) -> tuple[str, float, float]:

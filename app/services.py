@@ -120,11 +120,11 @@ def _start_stages(config: Config) -> Any:
 
     registry = CollectorRegistry()
     own = config.services_config()  # their own database role, when database.services_url
-    anomaly = AnomalyService(own.db_conninfo(), own.section(AnomalyConfig), registry)
+    anomaly = AnomalyService(own.db_conninfo(), own.per_site(AnomalyConfig), registry)
     threading.Thread(target=anomaly.run, name="anomaly", daemon=True).start()
     policies = PoliciesService(own, registry)
     threading.Thread(target=policies.run, name="policies", daemon=True).start()
-    energy = EnergyService(own.db_conninfo(), own.section(EnergyConfig), registry)
+    energy = EnergyService(own.db_conninfo(), own.per_site(EnergyConfig), registry)
     threading.Thread(target=energy.run, name="energy", daemon=True).start()
     retention = RetentionService(own.db_conninfo(), own.privacy, registry)  # [privacy] days
     threading.Thread(target=retention.run, name="privacy", daemon=True).start()

@@ -39,7 +39,7 @@ def cmd_anomaly(args: argparse.Namespace, config: Config) -> int:
         return 0
     if action == "scan":
         with connect(config.db_conninfo()) as conn:
-            report = Scanner(config.section(AnomalyConfig)).scan(
+            report = Scanner(config.per_site(AnomalyConfig)).scan(
                 conn, args.since.timestamp(), args.until.timestamp(), args.site
             )
         summary = {
@@ -63,7 +63,7 @@ def cmd_anomaly(args: argparse.Namespace, config: Config) -> int:
         return 0
 
     def build(registry: Any) -> tuple[Callable[[], None], Callable[[], None]]:
-        service = AnomalyService(config.db_conninfo(), config.section(AnomalyConfig), registry)
+        service = AnomalyService(config.db_conninfo(), config.per_site(AnomalyConfig), registry)
         return service.run, service.stop
 
     return serve_stage(args, config, build)

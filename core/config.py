@@ -12,6 +12,7 @@ key) come only from the environment or from files named in the configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from core.contract import DEFAULT_ROOT
 from core.errors import ConfigError
 from core.models import Loc, StrictModel, describe_errors, read_toml
 from core.privacy import MIN_KEY_BYTES
+from core.site_config import SITES_TABLE, PerSite, site_sections
 
 __all__ = [
     "CORE_SECTIONS",
@@ -32,6 +34,7 @@ __all__ = [
     "DatabaseConfig",
     "MetricsConfig",
     "MqttConfig",
+    "PerSite",
     "PrivacyConfig",
     "Section",
     "StorageConfig",
@@ -41,10 +44,13 @@ __all__ = [
 
 
 class Section(StrictModel):
-    """One ``[SECTION]`` of the configuration file; ``ENV`` maps environment variables to keys."""
+    """One ``[SECTION]`` of the configuration file; ``ENV`` maps environment variables to keys;
+    ``SITE_KEYS`` are the keys a commune may set for itself in ``[sites.SITE.SECTION]``
+    (core/site_config.py; none by default: the section is install-wide)."""
 
     SECTION: ClassVar[str]
     ENV: ClassVar[Mapping[str, str]] = {}
+    SITE_KEYS: ClassVar[frozenset[str]] = frozenset()
 
 
 class DatabaseConfig(Section):
@@ -174,9 +180,11 @@ S = TypeVar("S", bound=Section)
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration: one validated :class:`Section` per registered section."""
+    """The whole configuration: one validated :class:`Section` per registered section, and
+    the sections of the sites that set keys of their own (``{site: {section: Section}}``)."""
 
     sections: Mapping[str, Section]
+    site_sections: Mapping[str, Mapping[str, Section]] = dataclasses.field(default_factory=dict)
 
     def section(self, kind: type[S]) -> S:
         """The section of type ``kind`` (``config.section(IngestConfig)``)."""
@@ -210,6 +218,22 @@ class Config:
         """``[privacy]``."""
         return self.section(PrivacyConfig)
 
+    def per_site(self, kind: type[S]) -> PerSite[S]:
+        """Section ``kind`` as each site sees it: the operator's, or a site's own merged over
+        it (``[sites.SITE.SECTION]``)."""
+        own: dict[str, S] = {}
+        for site, sections in self.site_sections.items():
+            found = sections.get(kind.SECTION)
+            if isinstance(found, kind):
+                own[site] = found
+        return PerSite(self.section(kind), own)
+
+    def for_site(self, site: str) -> Config:
+        """This configuration as ``site`` sees it (its own sections in place of the
+        operator's)."""
+        own = self.site_sections.get(site)
+        return self if not own else Config({**self.sections, **own}, self.site_sections)
+
     def privacy_key(self) -> bytes:
         """The key of the customer meters' pseudonyms, from ``privacy.hmac_key_file``; a
         :class:`ConfigError` naming the key when it is not configured, unreadable or short."""
@@ -237,11 +261,20 @@ class Config:
             if section.SECTION not in updated:
                 raise LookupError(f"section [{section.SECTION}] is not registered")
             updated[section.SECTION] = section
-        return Config(updated)
+        return Config(updated, self.site_sections)
 
-    def dump(self) -> dict[str, dict[str, Any]]:
-        """Every section as JSON-ready values (``--validate-config`` prints it)."""
-        return {name: section.model_dump(mode="json") for name, section in self.sections.items()}
+    def dump(self) -> dict[str, Any]:
+        """Every section as JSON-ready values (``--validate-config`` prints it), the sites'
+        own under ``sites`` (only the keys they set differ from the operator's)."""
+        out: dict[str, Any] = {
+            name: section.model_dump(mode="json") for name, section in self.sections.items()
+        }
+        if self.site_sections:
+            out[SITES_TABLE] = {
+                site: {name: section.model_dump(mode="json") for name, section in own.items()}
+                for site, own in sorted(self.site_sections.items())
+            }
+        return out
 
     def db_conninfo(self) -> str:
         """The database URL with the password from ``SOBRIETY_DB_PASSWORD`` or its file (a URL
@@ -316,12 +349,16 @@ def load_config(
     data: dict[str, dict[str, Any]] = {name: {} for name in registered}
     source: dict[tuple[str, str], str] = {}
     problems: list[str] = []
+    sites_table: Any = None
     if path is not None:
         for section, values in read_toml(path, "configuration file").items():
+            if section == SITES_TABLE:
+                sites_table = values
+                continue
             if section not in registered:
                 problems.append(
                     f"{path}: [{section}]: no such section (expected one of "
-                    f"{', '.join(registered)})"
+                    f"{', '.join([*registered, SITES_TABLE])})"
                 )
                 continue
             if not isinstance(values, dict):
@@ -348,9 +385,20 @@ def load_config(
             validated[name] = kind.model_validate(data[name])
         except ValidationError as exc:
             problems.extend(_describe(name, exc, data[name], source))
+    own: dict[str, dict[str, Section]] = {}
+    if sites_table is not None:
+        own, site_problems = site_sections(
+            sites_table,
+            str(path),
+            registered,
+            {name: kind.SITE_KEYS for name, kind in registered.items()},
+            data,
+            invalid=frozenset(set(registered) - set(validated)),
+        )
+        problems.extend(site_problems)
     if problems:
         raise ConfigError("; ".join(problems))
-    return Config(validated)
+    return Config(validated, own)
 
 
 def _describe(

@@ -24,6 +24,22 @@ class EnergyConfig(Section):
     """Energy accounting (``sobriety energy``); see energy/README.md for the meaning of each."""
 
     SECTION: ClassVar[str] = "energy"
+    # What a commune may set for itself ([sites.SITE.energy]): its meters' counter rules and
+    # its luminaires' fault thresholds; the service's timing and its own use are the install's.
+    SITE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "default_hold_s",
+            "glitch_readings",
+            "reset_tolerance_wh",
+            "resolution_wh",
+            "faults_standby_fraction",
+            "faults_min_hours",
+            "faults_resolve_hours",
+            "faults_curve_tolerance",
+            "faults_daylight_margin_min",
+            "faults_standby_w",
+        }
+    )
 
     interval_s: float = Field(900.0, ge=10, description="how often the service recomputes [s]")
     rescan_days: int = Field(

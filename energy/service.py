@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core import rollup, rollup_changes
 from core.db import connect
+from core.site_config import PerSite
 from energy import cabinets, store
 from energy.config import EnergyConfig
 from energy.daily import (
@@ -124,7 +125,7 @@ def _days(first: date, count: int) -> list[date]:
 
 def recompute(
     conn: psycopg.Connection,
-    config: EnergyConfig,
+    config: EnergyConfig | PerSite[EnergyConfig],
     since: float,
     until: float,
     site: str | None = None,
@@ -132,12 +133,16 @@ def recompute(
 ) -> RecomputeReport:
     """Compute and store the local days from the one of ``since`` to the one of ``until`` [s]
     of every metered device (of ``site``; only those of ids ``devices`` when given), one
-    transaction per chunk of devices."""
+    transaction per chunk of devices. A site's own ``[sites.SITE.energy]`` keys (counter rules,
+    fault thresholds) apply to its devices."""
+    per_site = PerSite.of(config)
+    config = per_site.default
     report = RecomputeReport()
     store.sync_settings(conn, config.pue_category)
     conn.commit()
     only = None if devices is None else set(devices)
     for name, timezone in store.sites(conn, site, only):
+        own = per_site.get(name)
         zone = ZoneInfo(timezone)
         first = datetime.fromtimestamp(since, zone).date()
         last = datetime.fromtimestamp(until, zone).date()
@@ -157,10 +162,10 @@ def recompute(
         report.sites += 1
         for start in range(0, len(metered), config.chunk_devices):
             chunk = metered[start : start + config.chunk_devices]
-            _chunk(conn, config, chunk, (edges, days), (night_edges, nights), lo, hi, report)
+            _chunk(conn, own, chunk, (edges, days), (night_edges, nights), lo, hi, report)
             conn.commit()
         cabinets.complete_nights(conn, name, nights[0], nights[-1])  # once its lamps are done
-        report.faults.add(scan_site(conn, config, name, zone, lo, hi, only))  # luminaire faults
+        report.faults.add(scan_site(conn, own, name, zone, lo, hi, only))  # luminaire faults
         pin_factors(conn, name, sorted(set(days) | set(nights)))  # CO2e and tariff in force
         conn.commit()
     if site is None and devices is None:  # the service's own consumption is install-wide
@@ -335,9 +340,15 @@ class EnergyService:
     """``sobriety energy``: the rollup refreshed, then the last ``rescan_days`` recomputed,
     every ``interval_s``, until :meth:`stop`."""
 
-    def __init__(self, conninfo: str, config: EnergyConfig, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        config: EnergyConfig | PerSite[EnergyConfig],
+        registry: CollectorRegistry,
+    ) -> None:
         self._conninfo = conninfo
-        self.config = config
+        self.per_site = PerSite.of(config)
+        self.config = self.per_site.default  # when and what it recomputes: the install's
         self.stopping = threading.Event()
         self.passes = 0
         ns, sub = "sobriety", "energy"
@@ -370,10 +381,10 @@ class EnergyService:
             with connect(self._conninfo) as conn:
                 changes = rollup_changes.follow(conn, FOLLOWER)
                 since = now - (self.config.rescan_days - 1) * 86400.0
-                report = recompute(conn, self.config, since, now)
+                report = recompute(conn, self.per_site, since, now)
                 late = late_changes(changes, since) if changes.whole else []
                 for first, last, ids in late:  # late data older than the rescan: its days again
-                    report.add(recompute(conn, self.config, first, last, devices=ids))
+                    report.add(recompute(conn, self.per_site, first, last, devices=ids))
                     report.late_devices += len(ids)
                 if late:
                     log.info("energy: late data of %d devices recomputed", report.late_devices)

@@ -416,6 +416,12 @@ class PoliciesConfig(Section):
     reporting rates."""
 
     SECTION: ClassVar[str] = "policies"
+    # What a commune may set for itself ([sites.SITE.policies]): its programs, calendars,
+    # exceptions, floors, reporting and cabinets; the service and the accounting baseline are
+    # the install's.
+    SITE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"programs", "calendars", "exceptions", "floors", "reporting", "simulate"}
+    )
 
     programs: dict[Annotated[str, AfterValidator(_name)], Program] = Field(
         default_factory=lambda: {"default": Program()}

@@ -26,6 +26,7 @@ import orjson
 
 from core.lighting import SunCache, night_of
 from core.messages import DeviceConfig, LightingProgram, Reporting
+from core.site_config import PerSite
 from policies.config import PoliciesConfig
 from policies.programs import device_program, program_for, reporting_for
 
@@ -114,7 +115,7 @@ def is_night(
 
 
 def desired_configs(
-    policies: PoliciesConfig,
+    policies: PoliciesConfig | PerSite[PoliciesConfig],
     sites: Mapping[str, InventorySite],
     devices: Iterable[InventoryDevice],
     escalated_dmas: Collection[tuple[str, str]],
@@ -123,38 +124,44 @@ def desired_configs(
 ) -> Iterator[Desired]:
     """The :class:`Desired` content of each of ``devices`` at ``now`` [s since the epoch].
 
-    ``escalated_dmas`` are the (site, dma) with an active leak alert. The reporting and the
+    ``escalated_dmas`` are the (site, dma) with an active leak alert; a site with policies of its
+    own (``[sites.SITE.policies]``) gets them, the others the operator's. The reporting and the
     program of identical inputs are computed once (10,000 devices share a handful of each)."""
+    per_site = PerSite.of(policies)
     sun = sun or SunCache()
     zones: dict[str, tzinfo] = {}
     nights: dict[str, bool | None] = {}
-    reportings: dict[tuple[str, bool | None, bool], Reporting] = {}
+    reportings: dict[tuple[int, str, bool | None, bool], Reporting] = {}
     programs: dict[tuple[str, str, str | None, str | None, str | None], Any] = {}
     digests: dict[tuple[int, int], bytes] = {}
-    named_devices = {name for ex in policies.exceptions for name in ex.devices}
+    named: dict[int, set[str]] = {}
     for dev in devices:
         site = sites[dev.site]
+        own = per_site.get(dev.site)
+        named_devices = named.get(id(own))
+        if named_devices is None:
+            named_devices = named[id(own)] = {n for ex in own.exceptions for n in ex.devices}
         zone = zones.get(dev.site)
         if zone is None:
             zone = zones[dev.site] = ZoneInfo(site.timezone)
             nights[dev.site] = is_night(site, now, sun, zone)
         night = nights[dev.site]
         escalated = dev.kind in ESCALATED_KINDS and (dev.site, dev.dma or "") in escalated_dmas
-        key = (dev.kind, night, escalated)
+        key = (id(own), dev.kind, night, escalated)
         reporting = reportings.get(key)
         if reporting is None:
-            reporting = reportings[key] = _reporting(policies, dev.kind, night, escalated)
+            reporting = reportings[key] = _reporting(own, dev.kind, night, escalated)
         lighting: LightingProgram | None = None
         program: str | None = None
         if dev.kind == "luminaire":
-            program = program_for(policies, dev.lighting_group, night_of(now, zone))
+            program = program_for(own, dev.lighting_group, night_of(now, zone))
             # A device named by an exception gets its own program; others share by group.
-            named = dev.device if dev.device in named_devices else None
-            pkey = (program, dev.site, dev.lighting_group, dev.lighting_class, named)
+            alone = dev.device if dev.device in named_devices else None
+            pkey = (program, dev.site, dev.lighting_group, dev.lighting_class, alone)
             found = programs.get(pkey)
             if found is None:
                 found = programs[pkey] = device_program(
-                    policies, program, dev.lighting_class, dev.lighting_group, dev.device
+                    own, program, dev.lighting_class, dev.lighting_group, dev.device
                 )[0]
             lighting = found
         dkey = (id(reporting), id(lighting))

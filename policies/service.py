@@ -30,6 +30,7 @@ from core.db import connect
 from core.errors import TopicError
 from core.lighting import SunCache
 from core.messages import Command, MessageError, decode_state, encode
+from core.site_config import PerSite
 from policies import store
 from policies.config import PoliciesConfig
 from policies.desired import desired_configs
@@ -106,15 +107,17 @@ class PassReport:
 def publish_pass(
     conn: psycopg.Connection,
     link: Link,
-    policies: PoliciesConfig,
+    policies: PoliciesConfig | PerSite[PoliciesConfig],
     now: float,
     sun: SunCache | None = None,
 ) -> PassReport:
     """One pass at ``now`` [s since the epoch]: publish every changed config (next version),
     wait for the broker's acknowledgements, record them; send again what online devices did not
-    apply within ``resend_after_s``."""
-    settings = policies.service
-    store.sync_accounting(conn, policies.accounting)
+    apply within ``resend_after_s``. Each site's devices get its own policies where it has
+    some; the service settings and the accounting are the operator's."""
+    operator = PerSite.of(policies).default
+    settings = operator.service
+    store.sync_accounting(conn, operator.accounting)
     sites = store.sites(conn)
     last = store.published(conn)
     escalated = store.escalated_dmas(conn)
@@ -254,7 +257,8 @@ class PoliciesService:
         on_pass: Callable[[PassReport], None] | None = None,
     ) -> None:
         self.config = config
-        self.policies = config.section(PoliciesConfig)
+        self.per_site = config.per_site(PoliciesConfig)
+        self.policies = self.per_site.default
         self.metrics = PoliciesMetrics(registry)
         self.clock = clock or SystemClock()
         self.stopping = threading.Event()
@@ -292,7 +296,7 @@ class PoliciesService:
         started = time.monotonic()
         try:
             with connect(self._conninfo) as conn:
-                report = publish_pass(conn, link, self.policies, self.clock.now(), self._sun)
+                report = publish_pass(conn, link, self.per_site, self.clock.now(), self._sun)
                 numbers = store.counts(conn)
                 overrides = len(store.active_overrides(conn, self.clock.now()))
         except Exception as exc:  # noqa: BLE001 - the service keeps going

@@ -105,7 +105,7 @@ def test_unknown_section_lists_every_registered_one(tmp_path: Path) -> None:
     path.write_text("[polices]\nx = 1\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
-    names = ", ".join(s.SECTION for s in SECTIONS)
+    names = ", ".join([*(s.SECTION for s in SECTIONS), "sites"])
     assert str(info.value) == f"{path}: [polices]: no such section (expected one of {names})"
 
 
