@@ -20,6 +20,7 @@ from app import (
     publish_commands,
     services,
     simulation,
+    site_commands,
     water_commands,
 )
 from app.cli_parser import build_parser, parse_time
@@ -84,6 +85,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "energy": energy_commands.cmd_energy,
     "publish": publish_commands.cmd_publish,
     "privacy": privacy_commands.cmd_privacy,
+    "site": site_commands.cmd_site,
     "simulate": simulation.cmd_simulate,
     "demo": simulation.cmd_demo,
 }

@@ -16,6 +16,7 @@ from app.export_commands import add_export_parsers
 from app.policies_commands import add_policies_parser
 from app.privacy_commands import add_privacy_parser
 from app.publish_commands import add_publish_parser
+from app.site_commands import add_site_parser
 from core import __version__
 from core.errors import RejectReason
 from energy.fault_store import FAULT_KINDS
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_energy_parser(sub, _period, _site, _format, _port)
     add_publish_parser(sub)
     add_privacy_parser(sub, _format)
+    add_site_parser(sub, _format)
 
     alerts = sub.add_parser("alerts", help="list, acknowledge and resolve alerts")
     al_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

@@ -29,6 +29,7 @@ import yaml
 from app.cli_parser import build_parser
 from app.config import load_config
 from app.embedded.service_process import ServiceProcess, private_ingest_config
+from app.site_commands import SECRETS_MOUNT
 from core.config import PrivacyConfig
 from core.db import with_database
 from tests.fix_mqtt import free_port
@@ -205,6 +206,36 @@ def test_grafana_is_provisioned_from_the_repository(compose: dict[str, Any]) -> 
     assert {"sobriety_grafana_password", "grafana_admin_password"} <= {
         s if isinstance(s, str) else s["source"] for s in grafana["secrets"]
     }
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for volume in service["volumes"]:
+        if isinstance(volume, dict):
+            found[volume["target"]] = Path(volume["source"])
+        else:
+            source, target = str(volume).split(":")[:2]
+            found[target] = Path(source)
+    return found
+
+
+def test_site_add_in_the_cli_container_writes_where_the_broker_and_grafana_read(
+    compose: dict[str, Any],
+) -> None:
+    """`docker compose run --rm --user 0 cli site add ... --deploy-dir /srv/sobriety`: the
+    files it writes under /srv/sobriety are the host's that the broker and Grafana mount."""
+    cli = _mounts(compose["services"]["cli"])
+    grafana = _mounts(compose["services"]["grafana"])
+    broker = _mounts(compose["services"]["mosquitto"])
+    assert cli["/srv/sobriety/deploy/mosquitto"] == broker["/mosquitto/config"]
+    assert cli["/srv/sobriety/dashboards"] == ROOT / "dashboards"
+    assert (
+        grafana["/etc/grafana/provisioning/datasources"]
+        == ROOT / "dashboards/provisioning/datasources"
+    )
+    assert grafana["/var/lib/grafana/dashboards"] == ROOT / "dashboards/json"
+    assert cli["/srv/sobriety/secrets/communes"] == ROOT / "secrets/communes"
+    assert grafana[SECRETS_MOUNT] == ROOT / "secrets/communes"  # where the datasources read
 
 
 def test_prometheus_scrapes_the_service(compose: dict[str, Any]) -> None:
@@ -418,8 +449,9 @@ def test_the_readme_sobriety_commands_parse() -> None:
     or the service's) is one the command line accepts."""
     section = _deploy_section()
     found = re.findall(
-        r"docker compose (?:run --rm(?: -v \S+)*|exec(?: -T)?) (?:cli|sobriety) (?:sobriety )?"
-        r"((?:db|inventory|rejected|alerts|simulate|energy|anomaly|export)\b[^`\n]*)",
+        r"docker compose (?:run --rm(?: (?:-v|--user) \S+)*|exec(?: -T)?) (?:cli|sobriety) "
+        r"(?:sobriety )?"
+        r"((?:db|inventory|rejected|alerts|simulate|energy|anomaly|export|site)\b[^`\n]*)",
         section,
     )
     found += re.findall(r"`sobriety ((?:db|inventory)[^`]*)`", section)
