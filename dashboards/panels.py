@@ -9,6 +9,7 @@ from dashboards.sdk import (
     POSTGRES_DATASOURCE,
     PROMETHEUS_DATASOURCE,
     Lang,
+    barchart,
     cb,
     cm,
     cogbuilder,
@@ -70,6 +71,50 @@ def series(
         panel = panel.draw_style(cm.GraphDrawStyle.LINE).line_width(2).fill_opacity(10)
     if stacked:
         panel = panel.stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL).group("A"))
+    return panel
+
+
+def bars(
+    title: str,
+    description: str,
+    targets: Sequence[Target],
+    *,
+    x_field: str,
+    unit: str,
+    axis: str = "",
+    width: int = 8,
+    height: int = 8,
+    decimals: int | None = None,
+) -> barchart.Panel:
+    """A bar chart of a table: one bar per row, labelled by the text column ``x_field``, one
+    series per numeric column (the values drawn on the bars)."""
+    panel = (
+        barchart.Panel()
+        .title(title)
+        .description(description)
+        .datasource(_datasource(targets))
+        .targets(list(targets))
+        .unit(unit)
+        .axis_label(axis)
+        .span(width)
+        .height(height)
+        .x_field(x_field)
+        .orientation(cm.VizOrientation.AUTO)
+        .show_value(cm.VisibilityMode.AUTO)
+        .stacking(cm.StackingMode.NONE)
+        .x_tick_label_rotation(0)
+        .fill_opacity(80)
+        .legend(
+            cb.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(cm.LegendDisplayMode.LIST)
+            .placement(cm.LegendPlacement.BOTTOM)
+            .calcs([])
+        )
+        .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.NONE))
+    )
+    if decimals is not None:
+        panel = panel.decimals(decimals)
     return panel
 
 

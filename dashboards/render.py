@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dashboards import energy, lighting, supervision, water
+from dashboards import benchmark, energy, lighting, supervision, water
 from dashboards.sdk import Lang, db
 from dashboards.sdk import encoder as _encoder
 
@@ -19,8 +19,13 @@ DASHBOARDS: dict[str, Callable[[Lang], db.Dashboard]] = {
     water.SLUG: water.build,
     energy.SLUG: energy.build,
     supervision.SLUG: supervision.build,
+    benchmark.SLUG: benchmark.build,
 }
 """Each dashboard's file name (without .json) and its builder."""
+
+OPERATOR_ONLY = frozenset({benchmark.SLUG})
+"""The dashboards that compare communes (they read operator-only views, which show a commune's
+role no row): provisioned in the operator's folders, never in a folder given to a commune."""
 
 JSON_DIR = Path(__file__).parent / "json"
 """Where the generated dashboards are committed: json/{fr,en}/{slug}.json."""

@@ -17,9 +17,9 @@ with warnings.catch_warnings():
     warnings.filterwarnings(
         "ignore", message="Prefer using dashboardv2.Dashboard instead.", category=DeprecationWarning
     )
+    from grafana_foundation_sdk.builders import barchart, geomap, stat, table, timeseries
     from grafana_foundation_sdk.builders import common as cb
     from grafana_foundation_sdk.builders import dashboard as db
-    from grafana_foundation_sdk.builders import geomap, stat, table, timeseries
     from grafana_foundation_sdk.builders import prometheus as prom
     from grafana_foundation_sdk.cog import builder as cogbuilder
     from grafana_foundation_sdk.cog import encoder
@@ -36,6 +36,7 @@ __all__ = [
     "PROMETHEUS_UID",
     "Lang",
     "PostgresQuery",
+    "barchart",
     "cb",
     "cm",
     "cogbuilder",

@@ -33,6 +33,24 @@ def dates_in_range(date: str, tz: str) -> str:
     )
 
 
+def dates_near_range(date: str) -> str:
+    """``date`` lies within a day of the range's UTC dates: a bound made of constants, which
+    PostgreSQL pushes into a view (any zone is less than a day from UTC), where
+    :func:`dates_in_range` compares with each row's own zone after the view is computed."""
+    return (
+        f"{date} BETWEEN ($__timeFrom()::timestamptz AT TIME ZONE 'UTC')::date - 1\n"
+        f"      AND ($__timeTo()::timestamptz AT TIME ZONE 'UTC')::date + 1"
+    )
+
+
+def months_in_range(month: str, tz: str) -> str:
+    """The local calendar month starting on the date ``month`` (zone ``tz``) meets the range."""
+    return (
+        f"{month} <= ($__timeTo()::timestamptz AT TIME ZONE {tz})::date\n"
+        f"  AND {month} + interval '1 month' > ($__timeFrom()::timestamptz AT TIME ZONE {tz})::date"
+    )
+
+
 def overlaps_range(start: str, end: str) -> str:
     """The interval [``start``, ``end``] (``end`` NULL: still open) meets the range."""
     return (

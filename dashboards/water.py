@@ -10,11 +10,13 @@ from dashboards.sqlparts import (
     CUSTOMER_KINDS,
     SITES,
     WATER_KINDS,
+    dates_in_range,
+    dates_near_range,
     kind_label,
     local_midnight,
     overlaps_range,
 )
-from dashboards.water_balance import balance_sql
+from dashboards.water_balance import THRESHOLD, period_sql
 
 SLUG = "eau"
 
@@ -145,49 +147,54 @@ def _alerts(lang: Lang) -> list[PanelBuilder]:
 
 def _balance(lang: Lang) -> list[PanelBuilder]:
     dma = lang("secteur", "DMA")
-    threshold = "least(85, 65 + ilc / 5)"
     whole = sql(
-        balance_sql(
-            "0",
+        period_sql(
             f"""site || ' / ' || dma AS "{dma}",
        inflow_m3 AS "{lang("volume mis en distribution (m³)", "volume in (m³)")}",
        outflow_m3 AS "{lang("volume exporté (m³)", "volume out (m³)")}",
        consumption_m3 AS "{lang("consommation comptée (m³)", "metered consumption (m³)")}",
        losses_m3 AS "{lang("pertes (m³)", "losses (m³)")}",
        yield_percent AS "{lang("rendement (%)", "yield (%)")}",
-       {threshold} AS "{lang("seuil décret 2012-97 (%)", "decree 2012-97 threshold (%)")}",
-       yield_percent >= {threshold} AS "{lang("conforme", "compliant")}",
+       {THRESHOLD} AS "{lang("seuil décret 2012-97 (%)", "decree 2012-97 threshold (%)")}",
+       yield_percent >= {THRESHOLD} AS "{lang("conforme", "compliant")}",
        ilc AS "{lang("ILC (m³/km/j)", "ILC (m³/km/d)")}",
        ilp AS "{lang("ILP (m³/km/j)", "ILP (m³/km/d)")}",
-       (losses_m3 / nullif(days, 0)) / nullif(uarl_m3_day, 0) AS "ILI"
+       ili AS "ILI",
+       days_measured AS "{lang("jours mesurés", "days measured")}",
+       complete AS "{lang("complet", "complete")}"
     """,
             "1",
         ),
         "table",
     )
-    daily = sql(
-        balance_sql(
-            "day",
-            f"""{local_midnight("period", "timezone")} AS "time",
-       site || ' / ' || dma AS "{dma}",
-       yield_percent AS "{lang("rendement", "yield")}",
-       {threshold} AS "{lang("seuil", "threshold")}"
-    """,
-            "1",
-        )
-    )
+    daily = sql(f"""
+        SELECT {local_midnight("w.day", "s.timezone")} AS "time",
+               w.site || ' / ' || w.dma AS "{dma}",
+               w.yield_percent AS "{lang("rendement", "yield")}",
+               w.threshold_percent AS "{lang("seuil", "threshold")}"
+        FROM api.water_balance_daily w
+        JOIN api.sites s ON s.site = w.site
+        WHERE w.site {SITES}
+          AND {dates_near_range("w.day")}
+          AND {dates_in_range("w.day", "s.timezone")}
+        ORDER BY 1
+    """)
     return [
         grid(
             lang("Bilan hydraulique", "Water balance"),
             lang(
-                "Par secteur sur la période : volumes (index des compteurs, api.readings_hourly), "
-                "pertes, rendement = (consommation + export) / volume mis en distribution, seuil "
-                "du décret 2012-97 (85 %, ou 65 + ILC/5), ILC et ILP (m³/km/jour), ILI = pertes / "
-                "pertes inévitables de Lambert (borne haute : pertes apparentes non séparées).",
-                "Per DMA over the range: volumes (meter indexes, api.readings_hourly), losses, "
-                "yield = (consumption + export) / volume in, the decree 2012-97 threshold (85 %, "
-                "or 65 + ILC/5), ILC and ILP (m³/km/day), ILI = losses / Lambert's unavoidable "
-                "losses (an upper bound: apparent losses not separated).",
+                "Par secteur sur les jours locaux de la période (api.water_balance_daily, tenu "
+                "par l'étape anomalies : index des compteurs, règles de « sobriety anomaly "
+                "balance ») : volumes, pertes, rendement = (consommation + export) / volume mis "
+                "en distribution, seuil du décret 2012-97 (85 %, ou 65 + ILC/5), ILC et ILP "
+                "(m³/km/jour), ILI = pertes / pertes inévitables de Lambert (borne haute : pertes "
+                "apparentes non séparées), jours mesurés et complets.",
+                "Per DMA over the local days of the range (api.water_balance_daily, kept by the "
+                "anomaly stage: meter indexes, the rules of 'sobriety anomaly balance'): volumes, "
+                "losses, yield = (consumption + export) / volume in, the decree 2012-97 "
+                "threshold (85 %, or 65 + ILC/5), ILC and ILP (m³/km/day), ILI = losses / "
+                "Lambert's unavoidable losses (an upper bound: apparent losses not separated), "
+                "days measured and complete.",
             ),
             [whole],
         ),
@@ -195,9 +202,9 @@ def _balance(lang: Lang) -> list[PanelBuilder]:
             lang("Rendement journalier", "Daily yield"),
             lang(
                 "Rendement de chaque secteur par jour local et le seuil du décret 2012-97 pour "
-                "ce jour (mêmes calculs que le bilan).",
+                "ce jour (api.water_balance_daily).",
                 "Each DMA's yield per local day and the decree 2012-97 threshold for that day "
-                "(the balance's own figures).",
+                "(api.water_balance_daily).",
             ),
             [daily],
             unit="percent",

@@ -1,69 +1,43 @@
-"""The water balance of each DMA in SQL, as ``sobriety anomaly balance`` computes it
-(anomaly/balance.py, anomaly/store.py): volumes in, out and metered from the hourly rollup,
-losses, yield (*rendement*), the decree 2012-97 threshold (85 %, or 65 + ILC/5 when lower),
-ILC and ILP per km of mains, Lambert's UARL = (18·Lm + 0.8·Nc + 25·Lp)·P L/day and
-ILI = CARL/UARL (CARL = all losses, an upper bound).
+"""The water balance of each DMA over the dashboard's range, summed from the anomaly stage's
+view ``api.water_balance_daily`` (migration 0020: per DMA and local day, volumes in m³ from the
+hourly rollup by the rules of ``sobriety anomaly balance``).
 
-No view holds the balance (the anomaly stage computes it per period on demand), so the panels
-derive it from api.readings_hourly, api.devices, api.dmas and api.sites: each meter's volume
-per hour is the difference of its last index from the previous hour's (the first hour of the
-range: from its first reading), a negative difference (reset, meter change) counts as nothing;
-a customer meter without an index counts its mean hourly flow × 1 h.
+Yield, ILC, ILP and ILI over several days are ratios of sums, never means of the daily ratios:
+yield = 100 · (metered + output) / input [%]; ILC, ILP = metered, losses per day [m³/day] per km
+of mains, the days being the summed lengths of the local days measured (23 or 25 h on the DST
+days); the decree 2012-97 threshold = min(85, 65 + ILC/5) [%]; ILI = losses / (Lambert's UARL
+[m³/day] × days), an upper bound (apparent losses not separated). A local day belongs to the
+range when it meets it (:func:`dashboards.sqlparts.dates_in_range`).
 """
 
 from __future__ import annotations
 
-from dashboards.sqlparts import SITES
+from dashboards.sqlparts import SITES, dates_in_range, dates_near_range
 
-_HOURS = f"""WITH hours AS (
-    SELECT r.site, d.dma, d.kind, d.role, r.time, s.timezone,
-           (r.time AT TIME ZONE s.timezone)::date AS day,
-           CASE WHEN r.metric = 'volume'
-                THEN r.last - coalesce(lag(r.last) OVER (PARTITION BY r.site, r.device, r.metric
-                                                         ORDER BY r.time), r.first)
-                ELSE r.sum / r.count END AS m3,
-           r.metric = 'volume'
-               OR NOT bool_or(r.metric = 'volume') OVER (PARTITION BY r.site, r.device)
-               AS counted
-    FROM api.readings_hourly r
-    JOIN api.devices d ON d.site = r.site AND d.device = r.device
-    JOIN api.sites s ON s.site = r.site
-    WHERE r.site {SITES} AND $__timeFilter(r.time)
-      AND r.metric IN ('volume', 'flow') AND d.dma IS NOT NULL
-      AND (d.kind = 'water_meter'
-           OR (d.kind = 'flow_meter' AND r.metric = 'volume' AND d.role IN ('inlet', 'outlet')))
-),
-volumes AS (
-    SELECT site, dma, timezone, {{key}} AS period,
-           count(DISTINCT time) FILTER (WHERE kind = 'flow_meter' AND role = 'inlet') / 24.0
-               AS days,
-           coalesce(sum(m3) FILTER (WHERE kind = 'flow_meter' AND role = 'inlet'
-                                    AND counted AND m3 >= 0), 0) AS inflow_m3,
-           coalesce(sum(m3) FILTER (WHERE kind = 'flow_meter' AND role = 'outlet'
-                                    AND counted AND m3 >= 0), 0) AS outflow_m3,
-           coalesce(sum(m3) FILTER (WHERE kind = 'water_meter' AND counted AND m3 >= 0), 0)
-               AS consumption_m3
-    FROM hours
-    GROUP BY site, dma, timezone, period
-),
-balance AS (
-    SELECT v.*, m.mains_km,
-           v.inflow_m3 - v.outflow_m3 - v.consumption_m3 AS losses_m3,
-           100 * (v.consumption_m3 + v.outflow_m3) / nullif(v.inflow_m3, 0) AS yield_percent,
-           v.consumption_m3 / nullif(v.days, 0) / nullif(m.mains_km, 0) AS ilc,
-           (v.inflow_m3 - v.outflow_m3 - v.consumption_m3) / nullif(v.days, 0)
-               / nullif(m.mains_km, 0) AS ilp,
-           (18 * m.mains_km + 0.8 * m.connections + 25 * m.private_km) * m.avg_pressure_m / 1000
-               AS uarl_m3_day
-    FROM volumes v
-    JOIN api.dmas m ON m.site = v.site AND m.dma = v.dma
+THRESHOLD = "least(85, 65 + ilc / 5)"
+"""The decree 2012-97 threshold [%] from the column ``ilc`` [m³/km/day]."""
+
+_PERIOD = f"""WITH balance AS (
+    SELECT w.site, w.dma, sum(w.hours) / 24 AS days, count(*) AS days_measured,
+           bool_and(w.complete) AS complete,
+           sum(w.input_m3) AS inflow_m3, sum(w.output_m3) AS outflow_m3,
+           sum(w.metered_m3) AS consumption_m3, sum(w.losses_m3) AS losses_m3,
+           100 * sum(w.metered_m3 + w.output_m3) / nullif(sum(w.input_m3), 0) AS yield_percent,
+           sum(w.metered_m3) / (sum(w.hours) / 24) / nullif(max(w.mains_km), 0) AS ilc,
+           sum(w.losses_m3) / (sum(w.hours) / 24) / nullif(max(w.mains_km), 0) AS ilp,
+           sum(w.losses_m3) / nullif(sum(w.uarl_m3_day * w.hours / 24), 0) AS ili
+    FROM api.water_balance_daily w
+    JOIN api.sites s ON s.site = w.site
+    WHERE w.site {SITES}
+      AND {dates_near_range("w.day")}
+      AND {dates_in_range("w.day", "s.timezone")}
+    GROUP BY w.site, w.dma
 )"""
 
 
-def balance_sql(key: str, select: str, order: str) -> str:
-    """The balance per DMA and period ``key`` (``0`` for the whole range, ``day`` per local
-    day) with ``select`` over the CTE ``balance`` (columns site, dma, timezone, period, days,
-    inflow_m3, outflow_m3, consumption_m3, losses_m3, yield_percent, ilc, ilp, uarl_m3_day,
-    mains_km);
-    the decree threshold is ``least(85, 65 + ilc / 5)``."""
-    return f"{_HOURS.replace('{key}', key)}\nSELECT {select}\nFROM balance\nORDER BY {order}"
+def period_sql(select: str, order: str) -> str:
+    """The balance per DMA over the range with ``select`` over the CTE ``balance`` (columns
+    site, dma, days [d], days_measured, complete, inflow_m3, outflow_m3, consumption_m3,
+    losses_m3 [m³], yield_percent [%], ilc, ilp [m³/km/day], ili); the decree threshold is
+    :data:`THRESHOLD`."""
+    return f"{_PERIOD}\nSELECT {select.strip()}\nFROM balance\nORDER BY {order}"

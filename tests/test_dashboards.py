@@ -28,7 +28,7 @@ from app.config import load_config
 from app.demo import run_demo
 from core.db import upgrade, with_database
 from dashboards import macros
-from dashboards.render import JSON_DIR, stale
+from dashboards.render import JSON_DIR, OPERATOR_ONLY, stale
 from dashboards.sdk import POSTGRES_UID, PROMETHEUS_UID
 from ingest.metrics import IngestMetrics
 from policies.service import PoliciesMetrics
@@ -61,7 +61,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def test_the_committed_json_is_what_the_generator_gives() -> None:
-    assert len(FILES) == 8, FILES  # four dashboards, French and English
+    assert len(FILES) == 10, FILES  # five dashboards, French and English
     assert stale() == [], "run python -m dashboards"
 
 
@@ -92,6 +92,24 @@ def test_every_dashboard_has_the_site_variable_and_fixed_uids() -> None:
                         or "IN (${site:sqlstring})" in target["rawSql"]
                         or "api.service_energy_daily" in target["rawSql"]
                     )
+
+
+def test_the_dashboards_comparing_communes_are_the_operators_only() -> None:
+    """A dashboard that reads the benchmark of communes (a view that shows a commune's role no
+    row) is listed in OPERATOR_ONLY, tagged so, and provisioned in the operator's folders only:
+    the two of provisioning/dashboards/sobriety.yaml, which Grafana reads as an operator."""
+    reads = {
+        path.stem
+        for path in FILES
+        if "api.commune_benchmark_monthly" in path.read_text(encoding="utf-8")
+    }
+    assert reads == set(OPERATOR_ONLY) == {"comparaison"}
+    for lang, tag in (("fr", "exploitant"), ("en", "operator")):
+        assert tag in _load(JSON_DIR / lang / "comparaison.json")["tags"]
+    providers = yaml.safe_load(
+        (ROOT / "dashboards/provisioning/dashboards/sobriety.yaml").read_text()
+    )["providers"]
+    assert {p["folderUid"] for p in providers} == {"sobriety-fr", "sobriety-en"}
 
 
 def _known_false_rejection(error: jsonschema.ValidationError) -> bool:
@@ -309,6 +327,8 @@ def _check_columns(kind: str, fmt: str, sql: str, cur: psycopg.Cursor[Any]) -> l
             problems.append(f"time series columns must be text labels or numbers: {types}")
     if kind == "stat" and not numeric:
         problems.append(f"a stat needs a numeric column: {types}")
+    if kind == "barchart" and not (numeric and any(t in _TEXT for t in types.values())):
+        problems.append(f"a bar chart needs a text column (its bars) and a number: {types}")
     if kind == "geomap" and not {"lat", "lon"} <= set(numeric):
         problems.append(f"a geomap needs numeric lat and lon: {types}")
     if kind == "annotation" and (

@@ -298,7 +298,7 @@ def test_demo_serve_keeps_running_until_stopped(tmp_path: Path) -> None:
     assert hint is not None, text
     folder = Path(hint[2])
     assert sorted(hint[1].split(", ")) == sorted(f.stem for f in folder.glob("*.json"))
-    assert len(hint[1].split(", ")) == 4
+    assert len(hint[1].split(", ")) == 5
     for yaml in re.findall(r"(\S+/provisioning/\S+\.yaml)", text):
         assert Path(yaml).is_file(), yaml
     dashboards = "".join(f.read_text() for f in folder.glob("*.json"))
