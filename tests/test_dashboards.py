@@ -26,7 +26,10 @@ from prometheus_client import CollectorRegistry
 from anomaly.service import AnomalyMetrics
 from app.config import load_config
 from app.demo import run_demo
+from app.site_grafana import COMMUNE_DASHBOARDS, commune_dashboard, site_hash
+from core.commune_roles import drop_site_reader
 from core.db import upgrade, with_database
+from core.roles import apply_site_reader
 from dashboards import macros
 from dashboards.render import JSON_DIR, OPERATOR_ONLY, stale
 from dashboards.sdk import POSTGRES_UID, PROMETHEUS_UID
@@ -402,3 +405,66 @@ def test_the_expander_follows_grafanas_rules() -> None:
                 "x -- $__timeFilter(t)"):  # fmt: skip
         with pytest.raises(macros.MacroError):
             macros.expand(bad, rng)
+
+
+# Panels of a commune's dashboards (slug, French title) that show a commune nothing, by design.
+COMMUNE_EMPTY: dict[tuple[str, str], str] = {}
+
+
+def test_a_communes_dashboards_as_its_role_show_its_rows_only(
+    demo_run: DemoRun, server_url: str
+) -> None:
+    """The dashboards `site add` writes for a commune, every query expanded with the commune's
+    site variable as its own role resolves it, run as that role (its datasource's user): none
+    fails, none shows another commune, and each returns rows where the owner's does."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(demo_run.url) as conn:
+        sites = [r[0] for r in conn.execute("SELECT site FROM sites ORDER BY 1")]
+        own, other = sites[0], sites[1]
+        password = uuid.uuid4().hex
+        role = apply_site_reader(conn, prefix, own, password).role
+    dbname = psycopg.conninfo.conninfo_to_dict(demo_run.url)["dbname"]
+    role_url = with_database(f"postgresql://{role}@127.0.0.1:5432/postgres", str(dbname))
+    try:
+        with (
+            psycopg.connect(role_url, password=password, autocommit=True) as commune,
+            psycopg.connect(demo_run.url, autocommit=True) as owner,
+        ):
+            shown = [r[0] for r in commune.execute("SELECT site FROM api.sites")]
+            assert shown == [own]  # what the site variable's query gives the commune
+            rng = macros.TimeRange(
+                demo_run.start, demo_run.end, interval_ms=3_600_000,
+                variables={"site": shown}, multi=frozenset({"site"}),
+            )  # fmt: skip
+            failures, empty = [], set()
+            for board in COMMUNE_DASHBOARDS:
+                model = commune_dashboard(_load(JSON_DIR / "fr" / f"{board}.json"), own, "X")
+                uids = {q.get("uid") for q in _datasources(model)}
+                assert uids <= {f"{POSTGRES_UID}-{site_hash(own)}", PROMETHEUS_UID}, uids
+                for kind, title, _fmt, raw in _queries(model):
+                    sql = macros.expand(raw, rng).encode()
+                    try:
+                        rows = commune.execute(sql).fetchall()
+                    except psycopg.Error as exc:
+                        failures.append(f"{board} {kind} {title!r}: {exc}")
+                        continue
+                    if other in repr(rows):
+                        failures.append(f"{board} {title!r} shows {other}")
+                    if not rows and owner.execute(sql).fetchall():
+                        empty.add((board, title))
+            assert failures == [], "\n".join(failures)
+            assert empty == set(COMMUNE_EMPTY), empty
+    finally:
+        with psycopg.connect(demo_run.url, autocommit=True) as conn:
+            drop_site_reader(conn, prefix, own)
+
+
+def _datasources(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if isinstance(node.get("datasource"), dict):
+            yield node["datasource"]
+        for value in node.values():
+            yield from _datasources(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _datasources(value)
