@@ -336,6 +336,8 @@ class Fleet:
         truth = self.truth
         truth.messages += 1
         truth.readings += len(clean) - skewed
+        by_site = truth.readings_by_site
+        by_site[group.site] = by_site.get(group.site, 0) + len(clean) - skewed
         if skewed:
             truth.expect_rejection("timestamp_out_of_window")
         copies = self.faults.deliver((gi, i), group.topics[i], payload, t)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from core.contract import DEVICE_KINDS, valid_segment
+from core.errors import ConfigError
 from core.messages import LightingProgram, Reporting
-from core.models import StrictModel, load_file
+from core.models import StrictModel, describe_errors, read_toml
+from simulators.site_templates import expand_templates, origin_of
 
 
 def _default_reporting() -> dict[str, Reporting]:
@@ -235,8 +237,23 @@ class Scenario(StrictModel):
 
 
 def load_scenario(path: Path) -> Scenario:
-    """Read and validate a scenario file; :class:`ConfigError` names file, key and expectation."""
-    return load_file(path, Scenario, "scenario file")
+    """Read and validate a scenario file, its ``[[site_templates]]`` expanded
+    (:mod:`simulators.site_templates`); :class:`ConfigError` names file, key and expectation
+    (a generated site by its template and id)."""
+    return parse_scenario(read_toml(path, "scenario file"), str(path))
+
+
+def parse_scenario(raw: dict[str, Any], where: str) -> Scenario:
+    """:func:`load_scenario` of an already parsed document; ``where`` names it in errors."""
+    expanded, origins = expand_templates(raw, where)
+    try:
+        return Scenario.model_validate(expanded)
+    except ValidationError as exc:
+        lines = describe_errors(
+            exc, expanded, where=lambda _loc: where, name=lambda loc: origin_of(loc, origins),
+            unknown="expected no such key",
+        )  # fmt: skip
+        raise ConfigError("; ".join(lines)) from None
 
 
 def packaged_scenario(name: str) -> Path:

@@ -1,7 +1,8 @@
 """Ground truth of a simulated run, written next to it (``truth.json``) so that tests and
 evaluations can score the other stages.
 
-Counts: ``messages`` and ``readings`` sent that the ingest must store (a duplicate, a late or
+Counts: ``messages`` and ``readings`` (also per site: ``readings_by_site``) sent that the
+ingest must store (a duplicate, a late or
 reordered message counts once; readings stamped by a skewed clock are not counted), the
 copies sent of the messages with a reading to store (``deliveries_stored``: a duplicate counts
 twice, as in the ingest's count of messages per device and day), the
@@ -33,6 +34,7 @@ class Truth:
     messages: int = 0
     readings: int = 0
     deliveries_stored: int = 0  # copies sent of the messages with a reading to store
+    readings_by_site: dict[str, int] = field(default_factory=dict)  # ``readings``, per site
     expected_rejections: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
