@@ -24,11 +24,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from anomaly import reconcile as alerts_store
 from anomaly import store
 from anomaly.alerts import ALERT_KINDS
+from anomaly.balance_store import refresh_balance_days
 from anomaly.bursts import BurstParams, detect_bursts
 from anomaly.config import AnomalyConfig
 from anomaly.customers import continuous_flow_state, flag_runs, high_consumption_state
 from anomaly.detect import Episode, StepParams, detect_steps
 from anomaly.nights import EPOCH, Nights, metered_use, nan_to_none, night_series
+from anomaly.params import burst_params, step_params
 from anomaly.pressure import PressureEvidence, head_loss_slope, pressure_evidence
 from core import rollup
 from core.arrays import FloatArray
@@ -90,6 +92,7 @@ class ScanReport:
     nights: int = 0
     gaps: int = 0
     dmas: int = 0
+    balance_days: int = 0  # DMA-days of water_balance_days recomputed
     meters_backwards: list[str] = field(default_factory=list)
     rollup: rollup.RefreshReport | None = None
 
@@ -102,31 +105,6 @@ class ScanReport:
         ):
             target: dict[str, int] = getattr(self, name)
             target[kind] = target.get(kind, 0) + value
-
-
-def step_params(cfg: AnomalyConfig) -> StepParams:
-    """Night-flow detector parameters from the configuration."""
-    return StepParams(
-        min_leak_fraction=cfg.min_leak_fraction,
-        min_leak_m3h=cfg.min_leak_m3h,
-        false_alarm_nights=cfg.false_alarm_nights,
-        baseline_nights=cfg.baseline_nights,
-        min_baseline_nights=cfg.min_baseline_nights,
-        close_nights=cfg.close_nights,
-        confirm_nights=cfg.confirm_nights,
-        max_drift_fraction_per_week=cfg.max_drift_fraction_per_week,
-        drift_nights=cfg.drift_nights,
-    )
-
-
-def burst_params(cfg: AnomalyConfig) -> BurstParams:
-    """Burst detector parameters from the configuration."""
-    return BurstParams(
-        min_burst_fraction=cfg.min_burst_fraction,
-        min_burst_m3h=cfg.min_burst_m3h,
-        false_alarm_hours=cfg.false_alarm_days * 24.0,
-        min_profile_days=cfg.min_baseline_nights,
-    )
 
 
 def merge_episodes(steps: list[Episode], bursts: list[Episode]) -> list[list[Episode]]:
@@ -298,6 +276,7 @@ class Scanner:
         cfg = self.per_site.get(site)
         step_cfg, burst_cfg = self._site_params(cfg)
         tz = ZoneInfo(tz_name)
+        report.balance_days += refresh_balance_days(conn, site, tz_name, since, until)
         active = alerts_store.active_since(conn, site)
         fetch_from = min(since, active if active is not None else since)
         fetch_from -= cfg.lookback_days * 86400.0

@@ -77,6 +77,7 @@ PLAN: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         # anomaly (alerts also: energy's luminaire faults, policies reads them)
         "alerts": _RW,
         "dma_nights": _RW,
+        "water_balance_days": _RW,  # anomaly/balance_store.py, at every scan
         # policies
         "device_configs": _RW,
         "device_states": _RW,

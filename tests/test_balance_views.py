@@ -19,7 +19,10 @@ import pytest
 from psycopg.rows import dict_row
 
 from anomaly.balance import water_balance
+from anomaly.balance_store import refresh_balance_days
+from anomaly.config import AnomalyConfig
 from anomaly.report import balances
+from anomaly.service import Scanner
 from app.config import load_config
 from app.demo import run_demo
 from core import rollup
@@ -192,6 +195,11 @@ def _rules_site(conn: psycopg.Connection) -> str:
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO readings VALUES (%s, %s, %s, %s)", rows)
     rollup.refresh(conn)
+    with conn.transaction():  # what the anomaly scan does for the days of its period
+        refresh_balance_days(
+            conn, site, "Europe/Paris", min(r[0] for r in rows).timestamp(),
+            max(r[0] for r in rows).timestamp(),
+        )  # fmt: skip
     return site
 
 
@@ -274,3 +282,43 @@ def test_the_benchmark_sums_the_views_it_reads(url: str) -> None:
         )
         assert pue
         assert all(math.isclose(p["pue"], p["own"]) for p in pue)
+
+
+def test_the_scan_keeps_the_days_of_its_period_current(url: str) -> None:
+    """The balance lives in water_balance_days (migration 0022): a reading the inlet sends late
+    changes its day once the anomaly scan has passed over that day, and only that day."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        site = _rules_site(conn)
+        before = {
+            r["day"]: r["input_m3"]
+            for r in _all(
+                conn, "SELECT day, input_m3 FROM api.water_balance_daily WHERE site = %s", (site,)
+            )
+        }
+        inlet = _one(conn, "SELECT id FROM devices WHERE site = %s AND device = 'in'", (site,))
+        last = _one(
+            conn, "SELECT max(time) AS t, max(value) AS v FROM readings WHERE device_id = %s",
+            (inlet["id"],),
+        )  # fmt: skip
+        late = last["t"] + timedelta(minutes=7)  # still the 29th, local
+        conn.execute(
+            "INSERT INTO readings VALUES (%s, %s, 2, %s)", (late, inlet["id"], last["v"] + 5.0)
+        )
+        unchanged = {
+            r["day"]: r["input_m3"]
+            for r in _all(
+                conn, "SELECT day, input_m3 FROM api.water_balance_daily WHERE site = %s", (site,)
+            )
+        }
+        assert unchanged == before  # nothing until a scan has recomputed the day
+        Scanner(AnomalyConfig()).scan(
+            conn, _midnight(date(2026, 3, 29)).timestamp(), late.timestamp() + 1, site
+        )
+        after = {
+            r["day"]: r["input_m3"]
+            for r in _all(
+                conn, "SELECT day, input_m3 FROM api.water_balance_daily WHERE site = %s", (site,)
+            )
+        }
+        assert after[date(2026, 3, 28)] == before[date(2026, 3, 28)]
+        assert after[date(2026, 3, 29)] == pytest.approx(before[date(2026, 3, 29)] + 5.0)
