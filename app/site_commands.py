@@ -226,10 +226,11 @@ def _site_remove(args: argparse.Namespace, config: Config) -> SiteReport:
             report.deleted_rows = dict(sorted(deleted.rows.items()))
             report.actions.append(f"site {args.site_id}: {deleted.total} rows deleted")
         else:
-            counts = site_counts(conn, args.site_id)
+            kept = sum(n for table, n in site_counts(conn, args.site_id).items()
+                       if table != "sites")  # fmt: skip
             report.actions.append(
-                f"site {args.site_id}: kept, {sum(counts.values())} rows (no role reads it; "
-                "`site remove --delete-data` deletes them)"
+                f"site {args.site_id}: kept with its {kept} rows of data (no commune role reads "
+                "them; `site remove --delete-data` deletes them)"
             )
     broker = args.deploy_dir / "deploy" / "mosquitto"
     if broker.is_dir():
