@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from anomaly import reconcile as alerts_store
 from anomaly import store
 from anomaly.alerts import ALERT_KINDS
-from anomaly.balance_store import refresh_balance_days
+from anomaly.balance_store import late_balance_days, refresh_balance_days
 from anomaly.bursts import BurstParams, detect_bursts
 from anomaly.config import AnomalyConfig
 from anomaly.customers import continuous_flow_state, flag_runs, high_consumption_state
@@ -32,7 +32,7 @@ from anomaly.detect import Episode, StepParams, detect_steps
 from anomaly.nights import EPOCH, Nights, metered_use, nan_to_none, night_series
 from anomaly.params import burst_params, step_params
 from anomaly.pressure import PressureEvidence, head_loss_slope, pressure_evidence
-from core import rollup
+from core import rollup, rollup_changes
 from core.arrays import FloatArray
 from core.clock import Clock, SystemClock, utc
 from core.db import connect
@@ -425,6 +425,10 @@ class Scanner:
                 report.add(kind, done)
 
 
+BALANCE_FOLLOWER = "anomaly-balance"
+"""The anomaly service's name in the rollup's log of changes (core/rollup_changes.py)."""
+
+
 class AnomalyService:
     """``sobriety anomaly``: a scan of the last ``rescan_days`` every ``interval_s``."""
 
@@ -445,10 +449,18 @@ class AnomalyService:
         self.failures = 0
 
     def run_once(self) -> ScanReport:
-        """One scan of the recent period."""
+        """One scan of the recent period; then the water balance of the older days whose
+        rollup changed since the last pass (late data), in the transaction that moves this
+        service's position in the rollup's log."""
         now = self.clock.now()
+        since = now - self.cfg.rescan_days * 86400.0
         with connect(self.conninfo) as conn:
-            report = self.scanner.scan(conn, now - self.cfg.rescan_days * 86400.0, now)
+            report = self.scanner.scan(conn, since, now)
+            changes = rollup_changes.follow(conn, BALANCE_FOLLOWER)
+            if changes.whole and changes.hours:
+                report.balance_days += late_balance_days(conn, changes.hours, since)
+            rollup_changes.advance(conn, BALANCE_FOLLOWER, changes.upto)
+            conn.commit()
         self.scans += 1
         if any(report.opened.values()):
             log.info("anomaly scan: opened %s", report.opened)

@@ -22,10 +22,11 @@ from anomaly.balance import water_balance
 from anomaly.balance_store import refresh_balance_days
 from anomaly.config import AnomalyConfig
 from anomaly.report import balances
-from anomaly.service import Scanner
+from anomaly.service import AnomalyService, Scanner
 from app.config import load_config
 from app.demo import run_demo
 from core import rollup
+from core.clock import FixedClock
 from core.db import upgrade, with_database
 
 pytestmark = pytest.mark.services
@@ -322,3 +323,43 @@ def test_the_scan_keeps_the_days_of_its_period_current(url: str) -> None:
         }
         assert after[date(2026, 3, 28)] == before[date(2026, 3, 28)]
         assert after[date(2026, 3, 29)] == pytest.approx(before[date(2026, 3, 29)] + 5.0)
+
+
+def test_the_service_recomputes_older_days_that_late_data_changed(url: str) -> None:
+    """Late data older than the service's rescan (a customer meter's indexes backfilled
+    weeks later): the service follows the rollup's log and recomputes the days they change —
+    the day of the late reading and the day of the meter's next index, which now counts from
+    it — and no other."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        site = _rules_site(conn)
+        service = AnomalyService(
+            url, AnomalyConfig(), clock=FixedClock(_midnight(date(2026, 4, 20)).timestamp())
+        )
+        service.run_once()  # registers its position in the log
+        before = _inputs(conn, site)
+        inlet = _one(conn, "SELECT id FROM devices WHERE site = %s AND device = 'in'", (site,))
+        day28_last = _one(
+            conn,
+            "SELECT max(time) AS t, max(value) AS v FROM readings WHERE device_id = %s "
+            "AND time < %s",
+            (inlet["id"], _midnight(date(2026, 3, 29))),
+        )
+        late = day28_last["t"] + timedelta(minutes=7)  # still the 28th, before midnight
+        value = day28_last["v"] + 0.5  # between its neighbours: the index still only rises
+        conn.execute("INSERT INTO readings VALUES (%s, %s, 2, %s)", (late, inlet["id"], value))
+        assert _inputs(conn, site) == before
+        report = service.run_once()
+        assert report.balance_days == 2  # the DMA's 28th and 29th, both older than the rescan
+        after = _inputs(conn, site)
+        assert after[date(2026, 3, 28)] == pytest.approx(before[date(2026, 3, 28)] + 0.5)
+        assert after[date(2026, 3, 29)] == pytest.approx(before[date(2026, 3, 29)] - 0.5)
+        assert service.run_once().balance_days == 0  # nothing new in the log
+
+
+def _inputs(conn: psycopg.Connection, site: str) -> dict[date, float]:
+    return {
+        r["day"]: r["input_m3"]
+        for r in _all(
+            conn, "SELECT day, input_m3 FROM api.water_balance_daily WHERE site = %s", (site,)
+        )
+    }
