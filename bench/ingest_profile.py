@@ -32,7 +32,9 @@ import bench_support  # noqa: F401  (the repository on the import path, first)
 import psycopg
 from ingest_bench import Sobriety, publish, wait_committed
 
+from app.config import load_config
 from app.embedded import Mosquitto
+from app.embedded.service_process import ServiceProcess
 from core.db import upgrade
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -106,6 +108,9 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy to sample with")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--protocol", choices=("5", "3.1.1"), default="5", help="the ingest's MQTT version"
+    )
     args = parser.parse_args()
     server = os.environ.get("SOBRIETY_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     name = f"sobriety_bench_{uuid.uuid4().hex[:8]}"
@@ -119,6 +124,10 @@ def main() -> int:
         broker = Mosquitto(work / "broker")
         broker.start()
         ingest = Sobriety(db_url, broker, work, root, 1)
+        if args.protocol != "5":  # the same settings but the protocol
+            config = load_config(ingest.procs[0].config_path, env={})
+            config = config.replace(config.mqtt.model_copy(update={"protocol": args.protocol}))
+            ingest.procs[0] = ServiceProcess(config, work, name="ingest-311")
         try:
             with psycopg.connect(db_url) as conn:
                 upgrade(conn)
