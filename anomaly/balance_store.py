@@ -1,4 +1,4 @@
-"""The water balance per DMA and local day kept in ``water_balance_days`` (migration 0022):
+"""The water balance per DMA and local day kept in ``water_balance_days`` (migration 0020):
 each scan recomputes the local days of its period from the hourly rollup of those days only
 (``water_balance_compute``, the rules of ``sobriety anomaly balance``), and the service the
 older days whose rollup changed since its last pass (late data: it follows the rollup's log,

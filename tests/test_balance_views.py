@@ -286,7 +286,7 @@ def test_the_benchmark_sums_the_views_it_reads(url: str) -> None:
 
 
 def test_the_scan_keeps_the_days_of_its_period_current(url: str) -> None:
-    """The balance lives in water_balance_days (migration 0022): a reading the inlet sends late
+    """The balance lives in water_balance_days (migration 0020): a reading the inlet sends late
     changes its day once the anomaly scan has passed over that day, and only that day."""
     with psycopg.connect(url, autocommit=True) as conn:
         site = _rules_site(conn)
