@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from typing import Any
 import orjson
 import yaml
 
-__all__ = ["COMMUNE_DASHBOARDS", "GrafanaFiles", "commune_dashboard", "grafana_files", "site_hash"]
+__all__ = [
+    "COMMUNE_DASHBOARDS",
+    "GrafanaFiles",
+    "commune_dashboard",
+    "grafana_files",
+    "remove_grafana_files",
+    "site_hash",
+]
 
 COMMUNE_DASHBOARDS = ("eclairage", "eau", "energie")
 """The dashboards a commune gets (files of dashboards/json/{fr,en}/)."""
@@ -187,14 +195,7 @@ def remove_grafana_files(root: Path, site: str) -> list[Path]:
     """Delete the commune's files under ``root``; those deleted."""
     files = GrafanaFiles(root, site)
     gone = files.all()
-    for path in gone:
-        path.unlink()
-    for directory in (
-        sorted((p for p in files.dashboards.rglob("*") if p.is_dir()), reverse=True)
-        if files.dashboards.exists()
-        else []
-    ):
-        directory.rmdir()
-    if files.dashboards.exists():
-        files.dashboards.rmdir()
+    for path in (files.datasource, files.provider):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(files.dashboards, ignore_errors=True)
     return gone

@@ -13,6 +13,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -292,41 +293,46 @@ def node_red_settings(port: int, cache: Path) -> str:
 """
 
 
-class Subscriber:
-    """What a workload needs of a subscriber under test."""
+class Subscriber(ABC):
+    """What a workload needs of a subscriber under test (Node-RED here, sobriety's ingest in
+    peer_bench.py)."""
 
     name = ""
     rss_peak = 0.0
     insert_errors = 0
     """Failed INSERTs (Node-RED: each loses its batch; the ingest retries, so never counted)."""
 
+    @abstractmethod
     def start(self, wait_subscribed: bool) -> None:
-        raise NotImplementedError
+        """Start the process (and, when asked, wait until it is subscribed)."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop it gracefully."""
 
+    @abstractmethod
     def kill9(self) -> None:
-        raise NotImplementedError
+        """Kill it with SIGKILL."""
 
+    @abstractmethod
     def close(self) -> None:
         """Make sure every process it started is gone (cleanup, also on failure)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def committed(self) -> int:
         """Readings written since this process started (its own counter: cheap to poll)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def table_counts(self) -> tuple[int, int]:
         """(rows, distinct (device, metric, time)) in its table."""
-        raise NotImplementedError
 
     def redelivered(self) -> int:
         """Readings received again and refused by a key since the process started (or 0)."""
         return 0
 
+    @abstractmethod
     def truncate(self) -> None:
-        raise NotImplementedError
+        """Empty its table between workloads."""
 
 
 class NodeRed(Subscriber):
