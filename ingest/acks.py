@@ -1,4 +1,5 @@
-"""Acknowledging QoS 1 messages once their batch is durable.
+"""Acknowledging QoS 1 messages once their batch is durable, on paho (``ingest.mqtt_client =
+"paho"``; the default receive path, :mod:`ingest.lean_session`, writes its PUBACKs itself).
 
 paho's public ``Client.ack(mid, qos)`` queues one PUBACK packet per message, and every queued
 packet wakes paho's network loop for one small write. For batches of thousands of messages that
@@ -19,11 +20,10 @@ from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
 
+from ingest.mqtt_wire import puback_packets
+
 log = logging.getLogger("sobriety.ingest")
 
-PUBACK_HEADER = b"\x40\x02"
-"""PUBACK (0x40) with remaining length 2: the packet id only (MQTT 5 §3.4.2.1 lets a success
-omit the reason code and properties; MQTT 3.1.1 PUBACKs have nothing else)."""
 EXPECTED_PARAMETERS = ("self", "command", "packet", "mid", "qos", "info")
 """Parameters of ``Client._packet_queue`` in the paho releases this code was checked with."""
 
@@ -42,11 +42,6 @@ def _batched_available() -> bool:
 BATCHED = _batched_available()
 if not BATCHED:
     log.warning("paho's Client._packet_queue changed: acknowledging messages one by one")
-
-
-def puback_packets(mids: Sequence[int]) -> bytes:
-    """The PUBACK packets of ``mids``, one after the other."""
-    return b"".join(PUBACK_HEADER + mid.to_bytes(2, "big") for mid in mids)
 
 
 def send_pubacks(

@@ -51,24 +51,40 @@ class Batcher:
 
     def add(self, outcome: Outcome, ack: tuple[int, int, int] | None) -> bool:
         """Add one message's outcome; False when closed (the message stays unacknowledged)."""
+        return self.add_many([(outcome, ack)])
+
+    def add_many(self, outcomes: list[tuple[Outcome, tuple[int, int, int] | None]]) -> bool:
+        """Add the outcomes of messages received together (one lock, one wake-up); False when
+        closed (the messages stay unacknowledged).
+
+        Waits while the open batch is full and the writer has not taken it yet: the receiver
+        then stops reading its socket, and the broker keeps the rest. What the ingest holds is
+        bounded by two batches (one being written, one full) and the messages of one read,
+        whatever the broker sends.
+        """
         with self._cond:
+            while not self._closed and self._batch.size >= self._max_rows:
+                self._cond.wait()
             if self._closed:
                 return False
             batch = self._batch
             batch.last = time.monotonic()
             if not batch.messages:
                 batch.started = batch.last
-            batch.messages += 1
-            if outcome.rows:
-                batch.rows.extend(outcome.rows)
-                batch.uplinks.add(outcome.rows)
-            batch.rejections.extend(outcome.rejections)
-            if ack is not None:
-                batch.acks.append(ack)
-            if outcome.newest:
-                batch.newest.append(outcome.newest)
+            batch.messages += len(outcomes)
+            rows, uplinks, acks, newest = batch.rows, batch.uplinks, batch.acks, batch.newest
+            for outcome, ack in outcomes:
+                if outcome.rows:
+                    rows.extend(outcome.rows)
+                    uplinks.add(outcome.rows)
+                if outcome.rejections:
+                    batch.rejections.extend(outcome.rejections)
+                if ack is not None:
+                    acks.append(ack)
+                if outcome.newest:
+                    newest.append(outcome.newest)
             if batch.size >= self._max_rows:
-                self._cond.notify()
+                self._cond.notify_all()
         return True
 
     def pending(self) -> int:
@@ -90,6 +106,7 @@ class Batcher:
                 )
                 if due:
                     self._batch = Batch()
+                    self._cond.notify_all()  # a receiver waiting for room
                     return batch
                 if now >= deadline or self._closed:
                     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -30,3 +30,4 @@ class IngestConfig(Section):
     inventory_refresh_s: float = Field(5.0, ge=0)
     db_retry_max_s: float = Field(30.0, gt=0)
     workers: int = Field(1, ge=1, le=64)
+    mqtt_client: Literal["lean", "paho"] = "lean"

@@ -1,6 +1,8 @@
 """``sobriety ingest``: MQTT ``{root}/+/+/up`` → validate → batch → PostgreSQL (or spool).
 
-Threads: paho's network thread receives, validates and appends to the :class:`Batcher`; one
+Threads: the MQTT session's network thread (:mod:`ingest.lean_session` by default,
+:mod:`ingest.paho_session` with ``ingest.mqtt_client = "paho"``) receives, validates and
+appends to the :class:`Batcher`; one
 writer thread takes a batch (``batch_rows`` rows or ``batch_ms`` after its first message),
 commits it (or appends it to the durable spool when the database is down), and only then
 acknowledges its QoS 1/2 messages, in the order they arrived. The session is persistent (fixed
@@ -18,23 +20,21 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import CollectorRegistry, start_http_server
 
 from core.config import Config
 from core.contract import uplink_filter
 from core.errors import RejectReason
-from ingest.acks import send_pubacks
 from ingest.batcher import Batch, Batcher
 from ingest.config import IngestConfig
 from ingest.inventory_cache import InventoryCache, snapshot_name
+from ingest.lean_session import LeanSession
 from ingest.metrics import IngestMetrics
+from ingest.mqtt_wire import AckToken, Message
+from ingest.paho_session import PahoSession
 from ingest.pipeline import Limits, Outcome, Pipeline, Rejection
+from ingest.session import Session, SessionSettings
 from ingest.spool import Spool, SpoolFullError, decode_frame, encode_frame
 from ingest.store import Store
 
@@ -72,7 +72,6 @@ class IngestService:
         self.store = Store(conninfo, config.database.connect_timeout_s)
         self.batcher = Batcher(icfg.batch_rows, icfg.batch_ms, icfg.batch_idle_ms)
         self.stopping = threading.Event()
-        self._generation = 0
         self._db_retry_at = 0.0
         self._db_backoff = 0.5
         self._db_up: bool | None = None  # unknown until the first write
@@ -82,43 +81,34 @@ class IngestService:
         self._unsubscribed = threading.Event()
         self.written = 0  # messages made durable and acknowledged by this service
         self._written_cond = threading.Condition()
-        self._client: mqtt.Client | None = None
+        self._session: Session | None = None
         self._writer: threading.Thread | None = None
         self._http: Any = None
         self.metrics.spool_bytes.set(self.spool.size_bytes)
 
-    # --- MQTT ---------------------------------------------------------------------------------
-    def _make_client(self) -> mqtt.Client:
+    # --- MQTT (the session's events, from its network thread) ---------------------------------
+    def _make_session(self) -> Session:
         mcfg = self.config.mqtt
-        if mcfg.protocol == "5":
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=mcfg.client_id,
-                protocol=mqtt.MQTTv5,
-                manual_ack=True,
-            )
-        else:  # MQTT 3.1.1: the persistent session is clean_session=False
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=mcfg.client_id,
-                protocol=mqtt.MQTTv311,
-                clean_session=False,
-                manual_ack=True,
-            )
-        if mcfg.username:
-            client.username_pw_set(mcfg.username, self.config.mqtt_password())
-        client.reconnect_delay_set(1, max(1, int(mcfg.reconnect_max_s)))
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.on_unsubscribe = lambda *_args: self._unsubscribed.set()
-        client.on_connect_fail = self._on_connect_fail
-        return client
+        url = urlsplit(mcfg.url)
+        settings = SessionSettings(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 1883,
+            client_id=mcfg.client_id,
+            protocol=mcfg.protocol,
+            keepalive_s=mcfg.keepalive_s,
+            session_expiry_s=mcfg.session_expiry_s,
+            receive_maximum=mcfg.receive_maximum,
+            username=mcfg.username,
+            password=self.config.mqtt_password() if mcfg.username else None,
+            reconnect_max_s=mcfg.reconnect_max_s,
+        )
+        if self.settings.mqtt_client == "paho":
+            return PahoSession(settings, self)
+        return LeanSession(settings, self)
 
-    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
-        """The broker cannot be reached: said at once, and at every attempt (paho retries with a
-        backoff from 1 s to ``mqtt.reconnect_max_s``)."""
+    def on_connect_fail(self) -> None:
+        """The broker cannot be reached: said at once, and at every attempt (the session retries
+        with a backoff from 1 s to ``mqtt.reconnect_max_s``)."""
         self._connect_failures += 1
         self.metrics.connect_failures.inc()
         log.warning(
@@ -128,38 +118,39 @@ class IngestService:
             self.config.mqtt.reconnect_max_s,
         )
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
-            return
+    def on_refused(self, reason: str) -> None:
+        log.error("broker refused the connection: %s", reason)
+
+    def on_connect(self, session_present: bool) -> None:
+        session = self._session
+        assert session is not None
         self._connect_failures = 0
-        self._generation += 1
         self.metrics.broker_connected.set(1)
         topic = uplink_filter(self.config.mqtt.root, self.config.mqtt.shared_group)
         if self.retiring:
             # What the session holds is delivered anyway; nothing new should come to it.
-            client.unsubscribe([topic, uplink_filter(self.config.mqtt.root)])
+            session.unsubscribe([topic, uplink_filter(self.config.mqtt.root)])
             log.info("retiring session %s: draining its queue", self.config.mqtt.client_id)
             return
-        client.subscribe(topic, options=SubscribeOptions(qos=1))
+        session.subscribe(topic)
         log.info(
             "connected to %s (session present: %s); subscribed to %s",
             self.config.mqtt.url,
-            flags.session_present,
+            session_present,
             topic,
         )
 
-    def _on_subscribe(
-        self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any
-    ) -> None:
-        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+    def on_subscribe(self, refused: list[str]) -> None:
         if refused:
             log.error("broker refused the subscription: %s", refused)
             return
         self.metrics.subscribed.set(1)
         self.subscribed.set()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def on_unsubscribe(self) -> None:
+        self._unsubscribed.set()
+
+    def on_disconnect(self, reason: str) -> None:
         self._disconnected.set()
         self.subscribed.clear()
         self.metrics.subscribed.set(0)
@@ -167,34 +158,34 @@ class IngestService:
         if not self.stopping.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason)
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def on_messages(self, messages: list[Message]) -> None:
+        """Validate messages received together (at one time) and add them to the batch."""
         received_at = time.time()
-        self.metrics.received.inc()
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:  # brokers refuse such topics; a broken one must not stop us
-            topic = "(topic not UTF-8)"
-        try:
-            outcome = self.pipeline.process(topic, bytes(msg.payload), received_at)
-        except Exception as exc:  # a bug must not stop the ingest nor lose the message
-            log.exception("internal error on a message of %s", topic)
-            outcome = Outcome()
-            outcome.rejections.append(
-                Rejection(
-                    received_at,
-                    topic,
-                    None,
-                    None,
-                    RejectReason.INTERNAL_ERROR,
-                    repr(exc),
-                    bytes(msg.payload[: self.pipeline.limits.max_payload_bytes]),
-                    len(msg.payload),
+        self.metrics.received.inc(len(messages))
+        process = self.pipeline.process
+        outcomes: list[tuple[Outcome, AckToken | None]] = []
+        for topic, payload, token in messages:
+            try:
+                outcome = process(topic, payload, received_at)
+            except Exception as exc:  # a bug must not stop the ingest nor lose the message
+                log.exception("internal error on a message of %s", topic)
+                outcome = Outcome()
+                outcome.rejections.append(
+                    Rejection(
+                        received_at,
+                        topic,
+                        None,
+                        None,
+                        RejectReason.INTERNAL_ERROR,
+                        repr(exc),
+                        payload[: self.pipeline.limits.max_payload_bytes],
+                        len(payload),
+                    )
                 )
-            )
-        for rej in outcome.rejections:
-            self.metrics.rejected.labels(reason=rej.reason.value).inc()
-        ack = (self._generation, msg.mid, msg.qos) if msg.qos else None
-        self.batcher.add(outcome, ack)
+            for rej in outcome.rejections:
+                self.metrics.rejected.labels(reason=rej.reason.value).inc()
+            outcomes.append((outcome, token))
+        self.batcher.add_many(outcomes)
 
     # --- writing ------------------------------------------------------------------------------
     def _db_may_try(self) -> bool:
@@ -247,16 +238,13 @@ class IngestService:
                 time.sleep(max(0.05, self._db_retry_at - time.monotonic()))
 
     def _ack(self, batch: Batch) -> None:
-        client = self._client
         now = time.time()
         for newest in batch.newest:
             self.metrics.lag.observe(now - newest)
-        if client is None:
-            return
-        generation = self._generation
-        # An id from an earlier connection may now name another message: the broker
-        # redelivers the old one, which is then stored (deduplicated) and acknowledged.
-        send_pubacks(client, [(mid, qos) for gen, mid, qos in batch.acks if gen == generation])
+        if self._session is not None:
+            # An id from an earlier connection may now name another message: the session
+            # drops it, the broker redelivers the old one, stored (deduplicated) and acknowledged.
+            self._session.ack(batch.acks)
 
     def drain_spool(self, budget_s: float) -> None:
         """Replay spooled segments into the database for at most about ``budget_s`` seconds."""
@@ -319,7 +307,6 @@ class IngestService:
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         """Load the inventory, start the metrics endpoint, the writer and the MQTT session."""
-        mcfg = self.config.mqtt
         while not self.inventory.load() and self.inventory.size == 0:
             if self.stopping.wait(2.0):
                 return
@@ -331,19 +318,8 @@ class IngestService:
             )
         self._writer = threading.Thread(target=self._writer_loop, name="ingest-writer")
         self._writer.start()
-        self._client = self._make_client()
-        url = urlsplit(mcfg.url)
-        host, port = url.hostname or "127.0.0.1", url.port or 1883
-        if mcfg.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = mcfg.session_expiry_s
-            props.ReceiveMaximum = mcfg.receive_maximum
-            self._client.connect_async(
-                host, port, keepalive=mcfg.keepalive_s, clean_start=False, properties=props
-            )
-        else:
-            self._client.connect_async(host, port, keepalive=mcfg.keepalive_s)
-        self._client.loop_start()
+        self._session = self._make_session()
+        self._session.start()
 
     def stop(self, end_session: bool = False) -> None:
         """Flush what was received, acknowledge it, disconnect.
@@ -354,12 +330,8 @@ class IngestService:
         self.batcher.close()
         if self._writer is not None:
             self._writer.join()
-        if self._client is not None:
-            props = None
-            if end_session and self.config.mqtt.protocol == "5":
-                props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = 0
-            self._close_session(self._client, props)
+        if self._session is not None:
+            self._close_session(self._session, end_session)
         self.store.close()
         if self._http is not None:
             server, thread = self._http
@@ -368,26 +340,26 @@ class IngestService:
             thread.join(timeout=5)
         log.info("ingest stopped")
 
-    def _close_session(self, client: mqtt.Client, props: Properties | None) -> None:
+    def _close_session(self, session: Session, end_session: bool) -> None:
         """Make the broker take our last PUBACKs, then disconnect.
 
         A broker reads a connection's packets in order: once it answers an UNSUBSCRIBE (of a
         filter we never used) sent after the PUBACKs, it has processed them — a new connection
         of the same session (a restart right after) cannot overtake them, and what we stored is
-        not delivered again. Then wait until the DISCONNECT is written: ``loop_stop()`` ends the
+        not delivered again. Then wait until the DISCONNECT is written: ``stop()`` ends the
         network thread at once.
         """
         connected = self.metrics.value("broker_connected") == 1
         if connected:
             self._unsubscribed.clear()
-            client.unsubscribe(_BARRIER_FILTER)
+            session.unsubscribe([_BARRIER_FILTER])
             if not self._unsubscribed.wait(DISCONNECT_TIMEOUT_S):
                 log.warning("no UNSUBACK from the broker before disconnecting")
         self._disconnected.clear()
-        client.disconnect(properties=props)
+        session.disconnect(end_session)
         if connected:  # (never connected: there is no DISCONNECT to wait for)
             self._disconnected.wait(DISCONNECT_TIMEOUT_S)
-        client.loop_stop()
+        session.stop()
 
     def run(self) -> None:
         """Start, wait for :attr:`stopping` (set by SIGTERM/SIGINT), stop."""

@@ -93,8 +93,15 @@ Processes = Callable[[Config], IngestProcess]
 Services = Callable[[Config], IngestService]
 
 
-def test_kill_9_during_a_stream_loses_nothing(town: Town, ingest_process: Processes) -> None:
-    config = town.config()
+SESSIONS = pytest.mark.parametrize("client", ["lean", "paho"])
+"""The ingest's own MQTT session (the default) and paho's (``ingest.mqtt_client``)."""
+
+
+@SESSIONS
+def test_kill_9_during_a_stream_loses_nothing(
+    town: Town, ingest_process: Processes, client: str
+) -> None:
+    config = town.config(ingest={"mqtt_client": client})
     ingest = ingest_process(config)
     ingest.start()
     total_msgs = 6000
@@ -184,8 +191,9 @@ def test_database_restart_spools_then_drains(
     pub.close()
 
 
-def test_broker_restart_loses_nothing(town: Town, run_ingest: Services) -> None:
-    service = run_ingest(town.config())
+@SESSIONS
+def test_broker_restart_loses_nothing(town: Town, run_ingest: Services, client: str) -> None:
+    service = run_ingest(town.config(ingest={"mqtt_client": client}))
     total_msgs = 4000
     pub, thread = town.publish_in_background(total_msgs)
     wait_until(lambda: town.stored() >= 5000, 60, "part stored")
@@ -257,10 +265,13 @@ def test_workers_split_the_load_and_scaling_down_strands_nothing(
     pub.close()
 
 
+@pytest.mark.parametrize(
+    ("client", "protocol"), [("lean", "5"), ("paho", "5"), ("lean", "3.1.1"), ("paho", "3.1.1")]
+)
 def test_stored_messages_are_acknowledged_and_never_redelivered(
-    town: Town, run_ingest: Services
+    town: Town, run_ingest: Services, client: str, protocol: str
 ) -> None:
-    config = town.config()
+    config = town.config(ingest={"mqtt_client": client}, mqtt={"protocol": protocol})
     first = run_ingest(config)
     pub = Publisher(town.broker.url)
     pub.wait_acked(pub.publish(town.stream(3000, records=1)))

@@ -155,3 +155,42 @@ def test_a_batch_closes_when_no_message_comes() -> None:
     without_idle = Batcher(max_rows=1_000_000, max_ms=600_000, idle_ms=0)
     without_idle.add(Outcome(), (0, 1, 1))
     assert without_idle.take(timeout=0.2) is None  # only the size or the age closes it then
+
+
+def test_a_full_batch_holds_the_receiver_until_the_writer_takes_it() -> None:
+    """Backpressure: while the open batch is full, adding waits (the receiver stops reading
+    its socket); taking the batch lets it go on; closing releases it without adding."""
+    import threading
+
+    from ingest.batcher import Batcher
+    from ingest.pipeline import Outcome
+
+    row = (0, 1, 1, 1.0)
+    batcher = Batcher(max_rows=2, max_ms=600_000)
+    assert batcher.add_many([(Outcome(rows=[row]), (0, 1, 1)), (Outcome(rows=[row]), (0, 2, 1))])
+    added = threading.Event()
+    results: list[bool] = []
+
+    def receiver() -> None:
+        results.append(batcher.add(Outcome(rows=[row]), (0, 3, 1)))
+        added.set()
+
+    thread = threading.Thread(target=receiver)
+    thread.start()
+    assert not added.wait(0.3), "added to a full batch"
+    first = batcher.take(timeout=5.0)
+    assert first is not None
+    assert [mid for _g, mid, _q in first.acks] == [1, 2]
+    assert added.wait(5.0)
+    thread.join()
+    assert results == [True]
+    assert batcher.add(Outcome(rows=[row]), (0, 4, 1))  # full again: 3 and 4
+    late = threading.Thread(target=lambda: results.append(batcher.add(Outcome(), (0, 5, 1))))
+    late.start()
+    batcher.close()
+    late.join(5.0)
+    assert results == [True, False], "closed: message 5 not added (left unacknowledged)"
+    last = batcher.take(timeout=1.0)
+    assert last is not None
+    assert [mid for _g, mid, _q in last.acks] == [3, 4]
+
