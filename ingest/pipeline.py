@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from core.contract import METRICS, accepted_units, parse_topic, unit_conversion
+from core.contract import METRICS, TopicParts, accepted_units, parse_topic, unit_conversion
 from core.errors import RejectError, RejectReason
 from core.payloads import RawRecord, RecordProblem, decode
 
@@ -44,6 +44,8 @@ DeviceLookup = Callable[[str, str], int | None]
 """(site, device) -> device id, or None when the device is not in the inventory."""
 
 _MAX_DETAILS = 5
+_TOPICS_MAX = 200_000
+"""Parsed topics kept (one per device in practice); the cache is emptied when it is full."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class Pipeline:
         self.limits = limits or Limits()
         # (metric, unit as sent) -> (metric id, scale, offset, low, high), filled on first use.
         self._rules: dict[tuple[str, str | None], tuple[int, float, float, float, float]] = {}
+        # topic -> its parts, for topics that parsed (a topic's validity never changes)
+        self._topics: dict[str, TopicParts] = {}
 
     def _rule(
         self, metric: str, unit: str | None
@@ -120,6 +124,13 @@ class Pipeline:
         if len(self._rules) < 10000:  # bounded: units and metric names come from devices
             self._rules[(metric, unit)] = rule
         return rule
+
+    def _parse_topic(self, topic: str) -> TopicParts:
+        parts = parse_topic(topic, self._root)  # raises for a bad topic: nothing kept
+        if len(self._topics) >= _TOPICS_MAX:
+            self._topics.clear()
+        self._topics[topic] = parts
+        return parts
 
     def _reject(
         self,
@@ -142,7 +153,7 @@ class Pipeline:
         out = Outcome()
         site = device = None
         try:
-            parts = parse_topic(topic, self._root)
+            parts = self._topics.get(topic) or self._parse_topic(topic)
             site, device = parts.site, parts.device
             if parts.channel != "up":
                 raise RejectError(RejectReason.INVALID_TOPIC, "telemetry goes to the up channel")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from core.contract import METRICS
 from core.errors import RejectReason
 from ingest.pipeline import Limits, Pipeline
 
@@ -194,3 +195,26 @@ def test_a_full_batch_holds_the_receiver_until_the_writer_takes_it() -> None:
     assert last is not None
     assert [mid for _g, mid, _q in last.acks] == [3, 4]
 
+
+def test_parsed_topics_are_kept_but_never_the_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Topics are parsed once (the cache is bounded); a bad topic is rejected every time, and a
+    device registered later is found: the inventory is asked for every message."""
+    import ingest.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "_TOPICS_MAX", 2)
+    known: dict[tuple[str, str], int] = {}
+    pipe = Pipeline(lambda s, d: known.get((s, d)), ROOT)
+    good, bad = "sobriety/v1/lyon/lum-1/up", "sobriety/v1/ly on/lum-1/up"
+    first = pipe.process(good, b'{"power": 5}', NOW)
+    assert [r.reason for r in first.rejections] == [RejectReason.UNKNOWN_DEVICE]
+    known[("lyon", "lum-1")] = 11
+    assert [row[1:] for row in pipe.process(good, b'{"power": 5}', NOW).rows] == [
+        (11, METRICS["power"].id, 5.0)
+    ]
+    for _ in range(2):
+        out = pipe.process(bad, b'{"power": 5}', NOW)
+        assert [r.reason for r in out.rejections] == [RejectReason.INVALID_TOPIC]
+    assert list(pipe._topics) == [good]
+    for device in ("lum-2", "lum-3"):
+        pipe.process(f"sobriety/v1/lyon/{device}/up", b'{"power": 5}', NOW)
+    assert list(pipe._topics) == ["sobriety/v1/lyon/lum-3/up"], "emptied when full"
