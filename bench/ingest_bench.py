@@ -162,7 +162,15 @@ def rss_peak_mb(pid: int) -> float:
 class Sobriety:
     """The project's ingest, as ``sobriety ingest`` processes."""
 
-    def __init__(self, db_url: str, broker: Mosquitto, work: Path, root: str, workers: int) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        broker: Mosquitto,
+        work: Path,
+        root: str,
+        workers: int,
+        mqtt_client: str = "lean",
+    ) -> None:
         self.procs = []
         for _ in range(workers):
             config = ingest_config(
@@ -171,7 +179,12 @@ class Sobriety:
                 work,
                 root,
                 mqtt={"shared_group": "ingest" if workers > 1 else None, "session_expiry_s": 3600},
-                ingest={"batch_ms": 100, "batch_rows": 10000, "inventory_refresh_s": 5},
+                ingest={
+                    "batch_ms": 100,
+                    "batch_rows": 10000,
+                    "inventory_refresh_s": 5,
+                    "mqtt_client": mqtt_client,
+                },
             )
             self.procs.append(ServiceProcess(config, work))
 

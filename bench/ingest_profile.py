@@ -111,6 +111,9 @@ def main() -> int:
     parser.add_argument(
         "--protocol", choices=("5", "3.1.1"), default="5", help="the ingest's MQTT version"
     )
+    parser.add_argument(
+        "--client", choices=("lean", "paho"), default="lean", help="the ingest's MQTT session"
+    )
     args = parser.parse_args()
     server = os.environ.get("SOBRIETY_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     name = f"sobriety_bench_{uuid.uuid4().hex[:8]}"
@@ -123,7 +126,7 @@ def main() -> int:
         work = Path(tmp)
         broker = Mosquitto(work / "broker")
         broker.start()
-        ingest = Sobriety(db_url, broker, work, root, 1)
+        ingest = Sobriety(db_url, broker, work, root, 1, mqtt_client=args.client)
         if args.protocol != "5":  # the same settings but the protocol
             config = load_config(ingest.procs[0].config_path, env={})
             config = config.replace(config.mqtt.model_copy(update={"protocol": args.protocol}))

@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import math
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -54,6 +53,7 @@ from peer_nodered import (
     Subscriber,
     install_node_red,
 )
+from peer_report import KILL_MODES, KILL_PACED_RATE, report
 
 from app.embedded import Mosquitto
 from core.db import upgrade
@@ -61,25 +61,23 @@ from core.db import upgrade
 SWEEP = [(100, 2), (500, 1), (500, 2), (500, 4), (500, 8), (2000, 2), (2000, 4), (5000, 2)]
 """(batch rows, pool size) tried by ``--sweep``, batches also flushed after BATCH_MS."""
 
-KILL_PACED_RATE = 2000.0
-"""messages/s of the paced kill -9 stream: 20,000 readings/s, below both subscribers' rates."""
-KILL_MODES = [
-    (
-        "full",
-        "full speed (the publisher outruns the subscriber: a backlog builds up)",
-    ),
-    ("paced", f"paced at {KILL_PACED_RATE:,.0f} messages/s (a steady stream both keep up with)"),
-]
-
 
 class SobrietySub(Subscriber):
-    """``sobriety ingest`` as bench/ingest_bench.py runs it (one worker, same settings)."""
+    """``sobriety ingest`` as bench/ingest_bench.py runs it (one worker, same settings); with
+    ``mqtt_client="paho"`` the same ingest on paho's MQTT session (``--peer paho``)."""
 
-    name = "sobriety"
-
-    def __init__(self, db_url: str, broker: Mosquitto, work: Path, root: str) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        broker: Mosquitto,
+        work: Path,
+        root: str,
+        mqtt_client: str = "lean",
+        name: str = "sobriety",
+    ) -> None:
         self.db_url = db_url
-        self.ingest = Sobriety(db_url, broker, work, root, workers=1)
+        self.name = name
+        self.ingest = Sobriety(db_url, broker, work, root, workers=1, mqtt_client=mqtt_client)
         self.proc = self.ingest.procs[0]
 
     def start(self, wait_subscribed: bool) -> None:
@@ -280,70 +278,6 @@ def kill_test(
 # --- Report --------------------------------------------------------------------------------
 
 
-def spread(values: list[float]) -> str:
-    """median (min-max) of the figures that exist."""
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
-        return "-"
-    med = statistics.median(values)
-    if max(values) >= 100:
-        return f"{med:,.0f} ({min(values):,.0f}-{max(values):,.0f})"
-    return f"{med:,.2f} ({min(values):,.2f}-{max(values):,.2f})"
-
-
-def report(
-    runs: list[dict[str, dict[str, float]]], kills: list[dict[str, dict[str, float]]]
-) -> None:
-    print(f"\n== {len(runs)} run(s): median (min-max); ratio = sobriety / Node-RED of each run ==")
-    keys = [
-        ("live10", "live10_readings_per_s", "readings/s"),
-        ("live1", "live1_messages_per_s", "messages/s"),
-        ("drain", "drain_readings_per_s", "readings/s"),
-        ("drain", "drain_wall_readings_per_s", "readings/s, from the start"),
-    ]
-    for prefix, key, unit in keys:
-        ours = [r["sobriety"][key] for r in runs]
-        theirs = [r["node-red"][key] for r in runs]
-        ratios = [a / b for a, b in zip(ours, theirs, strict=True) if b > 0]
-        lost = [(r["sobriety"][f"{prefix}_lost"], r["node-red"][f"{prefix}_lost"]) for r in runs]
-        dup = [(r["sobriety"][f"{prefix}_dup"], r["node-red"][f"{prefix}_dup"]) for r in runs]
-        print(f"{key} ({unit})")
-        print(f"  sobriety  {spread(ours)}")
-        print(f"  node-red  {spread(theirs)}")
-        print(f"  ratio     {spread(ratios)}x")
-        print(
-            "  lost      sobriety "
-            + "/".join(f"{a:.0f}" for a, _ in lost)
-            + "; node-red "
-            + "/".join(f"{b:.0f}" for _, b in lost)
-        )
-        print(
-            "  duplicated sobriety "
-            + "/".join(f"{a:.0f}" for a, _ in dup)
-            + "; node-red "
-            + "/".join(f"{b:.0f}" for _, b in dup)
-        )
-    print("peak RSS (MB, VmHWM)")
-    for name in ("sobriety", "node-red"):
-        print(f"  {name:<9} {spread([r[name]['rss_peak_mb'] for r in runs])}")
-    print("sobriety readings redelivered in the drain (refused by its key, not stored twice): ")
-    print("  " + "/".join(f"{r['sobriety']['drain_redelivered']:.0f}" for r in runs))
-    print("Node-RED INSERTs that failed (their batch lost), each run:")
-    print("  " + "/".join(f"{r['node-red']['insert_errors']:.0f}" for r in runs))
-    print("\nkill -9 in a live stream of 10-record packs, a third committed; restart; drain:")
-    for mode, what in KILL_MODES:
-        print(f"  {what}")
-        for name in ("sobriety", "node-red"):
-            for k in kills:
-                r = k[f"{mode}:{name}"]
-                print(
-                    f"    {name:<9} sent {r['sent']:,.0f}, killed at {r['killed_at']:,.0f}: lost "
-                    f"{r['lost']:,.0f} ({100 * r['lost'] / r['sent']:.2f} %), duplicated "
-                    f"{r['dup']:,.0f}, redelivered and refused {r['redelivered']:,.0f}, "
-                    f"failed INSERTs {r['insert_errors']:,.0f}"
-                )
-
-
 # --- Main ----------------------------------------------------------------------------------
 
 
@@ -388,10 +322,16 @@ def main() -> int:
     parser.add_argument("--batch-rows", type=int, default=BATCH_ROWS)
     parser.add_argument("--batch-ms", type=int, default=BATCH_MS)
     parser.add_argument("--pool", type=int, default=POOL)
+    parser.add_argument(
+        "--peer",
+        choices=("node-red", "paho"),
+        default="node-red",
+        help="the other subscriber: Node-RED, or sobriety's ingest on paho's MQTT session",
+    )
     args = parser.parse_args()
 
     t0 = time.monotonic()
-    red_js = install_node_red()
+    red_js = install_node_red() if args.peer == "node-red" or args.sweep else ""
     server = os.environ.get("SOBRIETY_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     name = f"sobriety_h3_{uuid.uuid4().hex[:8]}"
     db_url = server.rsplit("/", 1)[0] + "/" + name
@@ -416,23 +356,31 @@ def main() -> int:
                 sweep(red_js, db_url, broker, site, args.devices, args.scale, work)
                 return 0
             ours = SobrietySub(db_url, broker, work, "bench/sob")
-            theirs = NodeRed(
-                red_js,
-                db_url,
-                broker,
-                "bench/nr",
-                site,
-                work,
-                batch_rows=args.batch_rows,
-                batch_ms=args.batch_ms,
-                pool=args.pool,
-            )
+            theirs: Subscriber
+            if args.peer == "paho":
+                theirs = SobrietySub(db_url, broker, work, "bench/nr", "paho", "paho")
+            else:
+                theirs = NodeRed(
+                    red_js,
+                    db_url,
+                    broker,
+                    "bench/nr",
+                    site,
+                    work,
+                    batch_rows=args.batch_rows,
+                    batch_ms=args.batch_ms,
+                    pool=args.pool,
+                )
             subs = [ours, theirs]
-            print(
-                f"node-red {NODE_RED_VERSION}, pg {PG_VERSION}: batches of {args.batch_rows} rows"
-                f" or {args.batch_ms} ms, pool {args.pool}; scale {args.scale}, {args.runs} runs",
-                flush=True,
-            )
+            if args.peer == "paho":
+                print("peer: sobriety's ingest on paho's MQTT session", end="; ")
+            else:
+                print(
+                    f"node-red {NODE_RED_VERSION}, pg {PG_VERSION}: batches of {args.batch_rows}"
+                    f" rows or {args.batch_ms} ms, pool {args.pool}",
+                    end="; ",
+                )
+            print(f"scale {args.scale}, {args.runs} runs", flush=True)
             offset = 0
             runs: list[dict[str, dict[str, float]]] = []
             kills: list[dict[str, dict[str, float]]] = []
@@ -468,7 +416,7 @@ def main() -> int:
                         print(f"run {run + 1} {key} kill -9: {killed[key]}", flush=True)
                         sub.truncate()
                 kills.append(killed)
-            report(runs, kills)
+            report(runs, kills, theirs.name)
             print(f"\ntook {time.monotonic() - t0:,.0f} s")
         finally:
             for sub in subs:
