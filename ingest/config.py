@@ -31,3 +31,4 @@ class IngestConfig(Section):
     db_retry_max_s: float = Field(30.0, gt=0)
     workers: int = Field(1, ge=1, le=64)
     mqtt_client: Literal["lean", "paho"] = "lean"
+    direct_copy: bool = True
