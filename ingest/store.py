@@ -80,20 +80,22 @@ _REPLAYED = """WITH pruned AS (
 _STATUS = """INSERT INTO device_status AS s (device_id, last_reading_at, last_received_at)
     SELECT device_id, 'epoch'::timestamptz + max(t_us) * interval '1 microsecond', now()
     FROM readings_stage GROUP BY device_id
-    ON CONFLICT (device_id) DO UPDATE
-    SET last_reading_at = greatest(s.last_reading_at, EXCLUDED.last_reading_at),
-        last_received_at = EXCLUDED.last_received_at"""
-_COPY_DIRECT = "COPY readings (time, device_id, metric_id, value) FROM STDIN (FORMAT BINARY)"
-_STATUS_DIRECT = """INSERT INTO device_status AS s (device_id, last_reading_at, last_received_at)
-    SELECT device_id, 'epoch'::timestamptz + last_us * interval '1 microsecond', now()
-    FROM unnest(%s::integer[], %s::bigint[]) AS l (device_id, last_us)
     ORDER BY device_id
     ON CONFLICT (device_id) DO UPDATE
     SET last_reading_at = greatest(s.last_reading_at, EXCLUDED.last_reading_at),
         last_received_at = EXCLUDED.last_received_at"""
-"""``_STATUS`` after a direct ``COPY``: each device's latest reading, summed in Python."""
-_COUNTED_DIRECT = (
-    """WITH counted AS (
+"""Each device's latest reading, its rows locked in key order (concurrent writers)."""
+_COPY_DIRECT = "COPY readings (time, device_id, metric_id, value) FROM STDIN (FORMAT BINARY)"
+_STATUS_FROM_SUMS = """INSERT INTO device_status AS s (device_id, last_reading_at, last_received_at)
+    SELECT l.device_id, 'epoch'::timestamptz + l.last_us * interval '1 microsecond', now()
+    FROM unnest(%s::integer[], %s::bigint[]) AS l (device_id, last_us){after}
+    ORDER BY l.device_id
+    ON CONFLICT (device_id) DO UPDATE
+    SET last_reading_at = greatest(s.last_reading_at, EXCLUDED.last_reading_at),
+        last_received_at = EXCLUDED.last_received_at"""
+_STATUS_DIRECT = _STATUS_FROM_SUMS.format(after="")
+"""``_STATUS`` after a direct ``COPY``: each device's latest reading, found in Python."""
+_COUNTED_DIRECT = """WITH counted AS (
         INSERT INTO device_reporting_daily AS c (device_id, day, messages, readings, metric_mask)
         SELECT q.device_id,
                (('epoch'::timestamptz + q.quarter * interval '15 minutes')
@@ -106,13 +108,16 @@ _COUNTED_DIRECT = (
         ORDER BY 1, 2
         ON CONFLICT (device_id, day) DO UPDATE
         SET messages = c.messages + EXCLUDED.messages, readings = c.readings + EXCLUDED.readings,
-            metric_mask = c.metric_mask | EXCLUDED.metric_mask)
-    """
-    + _STATUS_DIRECT
+            metric_mask = c.metric_mask | EXCLUDED.metric_mask
+        RETURNING 1)
+    """ + _STATUS_FROM_SUMS.format(
+    after="\n    CROSS JOIN (SELECT count(*) FROM counted) AS daily_first"
 )
 """``_MERGE_COUNTED``'s last two steps and ``_STATUS`` after a direct ``COPY``, one statement:
 the sums per device and UTC quarter hour come from :func:`~ingest.store_direct.encode_direct`
-(every row stored), then their local day, in key order as there."""
+(every row stored), then their local day, in key order as there. The status rows are locked
+after all the day rows (the join waits for the count of ``counted``), as the staging way does:
+a fast and a merging writer never wait on each other in opposite orders."""
 _REJECT = """INSERT INTO rejected_messages AS r (fingerprint, received_at, last_received_at,
         times_seen, topic, site, device, reason, detail, payload, payload_bytes)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)

@@ -11,6 +11,7 @@ import datetime as dt
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ from ingest.pipeline import Rejection, Row, Uplinks
 from ingest.store import Store, WriteResult
 from ingest.store_direct import PG_EPOCH_US, QUARTER_US, encode_direct
 from tests.fix_db import register
+from tests.fix_mqtt import wait_until
 
 pytestmark = pytest.mark.services
 
@@ -382,3 +384,55 @@ def test_a_batch_failing_after_the_copy_leaves_nothing(
         assert snapshot(conn, twins.sites["fast"])["daily"] == expected_daily([(BATCHES[0], True)])
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("direct_copy", [True, False])
+def test_day_rows_are_locked_before_status_rows_on_both_paths(
+    conn: psycopg.Connection, db_url: str, twins: Twins, direct_copy: bool
+) -> None:
+    """Writers (``--workers``) lock readings, then ``device_reporting_daily``, then
+    ``device_status``, by either path: a fast and a merging writer never wait on each other in
+    opposite orders. A writer held up on a device's status row holds its day row already."""
+    message = [Message("par", "lum-1", "2026-10-24T10:00:00", 3, 60, ("power",))]
+    later = [Message("par", "lum-1", "2026-10-24T11:00:00", 3, 60, ("power",))]
+    device_id = twins.fast[("par", "lum-1")]
+    store = Store(db_url, direct_copy=direct_copy)
+    try:
+        store.write(*_rows_and_uplinks(twins, message))
+        # The locker's lock goes first when leaving (a failure must not leave the writer
+        # waiting for it while the pool waits for the writer).
+        with ThreadPoolExecutor(1) as pool, psycopg.connect(db_url) as locker:
+            locker.execute(
+                "SELECT 1 FROM device_status WHERE device_id = %s FOR UPDATE", (device_id,)
+            )
+            pending = pool.submit(store.write, *_rows_and_uplinks(twins, later))
+            wait_until(
+                lambda: (
+                    conn.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock' AND query LIKE %s",
+                        ("%INSERT INTO device_status%",),
+                    ).fetchone()
+                    is not None
+                ),
+                10,
+                "the writer waiting on the status row",
+            )
+            with psycopg.connect(db_url) as checker, pytest.raises(psycopg.errors.LockNotAvailable):
+                checker.execute(
+                    "SELECT 1 FROM device_reporting_daily WHERE device_id = %s AND day = %s "
+                    "FOR UPDATE NOWAIT",
+                    (device_id, dt.date(2026, 10, 24)),
+                )
+            locker.commit()
+            result = pending.result(timeout=10)
+        assert result == WriteResult(3, 0, 0, direct=direct_copy)
+    finally:
+        store.close()
+
+
+def _rows_and_uplinks(
+    twins: Twins, messages: list[Message]
+) -> tuple[list[Row], list[Rejection], tuple[()], Uplinks]:
+    rows, uplinks = twins.rows("fast", messages)
+    return rows, [], (), uplinks
