@@ -198,12 +198,14 @@ def test_encode_direct_is_the_binary_copy_format_and_sums_per_quarter() -> None:
         (t0, 7, 5, 1.5),
         (t0 + QUARTER_US - 1, 7, 9, 2.0),
         (t0 + QUARTER_US, 7, 5, 3.0),
+        (t0 + 5, 9, 5, 0.0),
+        (t0 + 2, 7, 2, 0.0),  # device 7's first quarter again, after another device, earlier
     ]
     uplinks = Uplinks([7, 8], [t0 + 1, t0 + 2 * QUARTER_US])
     batch = encode_direct(rows, uplinks)
     assert batch.payload[:19] == b"PGCOPY\n\xff\r\n\x00" + bytes(8)
     assert batch.payload[-2:] == b"\xff\xff"
-    assert len(batch.payload) == 19 + 3 * 40 + 2
+    assert len(batch.payload) == 19 + 5 * 40 + 2
     assert batch.payload[19:31] == b"\x00\x04\x00\x00\x00\x08" + (t0 - PG_EPOCH_US).to_bytes(8)[:6]
     q = t0 // QUARTER_US
     got = sorted(
@@ -216,9 +218,30 @@ def test_encode_direct_is_the_binary_copy_format_and_sums_per_quarter() -> None:
             strict=True,
         )
     )
-    assert got == [(7, q, 1, 2, 1 << 5 | 1 << 9), (7, q + 1, 0, 1, 1 << 5), (8, q + 2, 1, 0, 0)]
-    assert dict(zip(batch.status_ids, batch.status_last_us, strict=True)) == {7: t0 + QUARTER_US}
-    assert encode_direct(rows, None).messages == [0, 0]
+    assert got == [
+        (7, q, 1, 3, 1 << 2 | 1 << 5 | 1 << 9),
+        (7, q + 1, 0, 1, 1 << 5),
+        (8, q + 2, 1, 0, 0),  # a message without its rows here: counted, no status
+        (9, q, 0, 1, 1 << 5),
+    ]
+    status = dict(zip(batch.status_ids, batch.status_last_us, strict=True))
+    assert status == {7: t0 + QUARTER_US, 9: t0 + 5}
+    assert encode_direct(rows, None).messages == [0, 0, 0]
+    backwards = encode_direct(rows[::-1], uplinks)  # other runs, the same sums
+    assert (
+        sorted(
+            zip(
+                backwards.device_ids,
+                backwards.quarters,
+                backwards.messages,
+                backwards.readings,
+                backwards.metric_masks,
+                strict=True,
+            )
+        )
+        == got
+    )
+    assert dict(zip(backwards.status_ids, backwards.status_last_us, strict=True)) == status
 
 
 def test_the_fast_path_leaves_what_the_merge_leaves(
