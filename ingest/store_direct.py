@@ -10,8 +10,11 @@ a second pass over the rows in SQL. No psycopg: numbers in, bytes and lists out.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
+from operator import floordiv
 
 from ingest.pipeline import Row, Uplinks
 
@@ -22,6 +25,8 @@ PG_EPOCH_US = 946_684_800_000_000
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags 0, no header extension
 _TRAILER = b"\xff\xff"
+_END = ((-(1 << 63), 0, 0, 0.0),)
+"""A row before any ``timestamptz``: in no run, it ends the last one."""
 _TUPLE = struct.Struct(">hiqiiihid")
 """One binary ``COPY`` tuple of (time, device_id, metric_id, value): 4 fields, each its length
 then its big-endian value (timestamptz: µs since 2000, int4, int2, float8). Packing it whole is
@@ -67,56 +72,48 @@ def encode_direct(rows: Sequence[Row], uplinks: Uplinks | None) -> DirectBatch:
         _HEADER + b"".join([pack(4, 8, t - epoch, 4, d, 2, m, 8, v) for t, d, m, v in rows])
     ) + _TRAILER
     sums: dict[tuple[int, int], list[int]] = {}  # (device, quarter) -> [readings, mask, last]
-
-    def add(key: tuple[int, int], n: int, mask: int, last: int) -> None:
-        acc = sums.get(key)
-        if acc is None:
-            sums[key] = [n, mask, last]
-        else:
-            acc[0] += n
-            acc[1] |= mask
-            acc[2] = max(acc[2], last)
-
     span = QUARTER_US
     run_device, lo, hi, n, mask, last = 0, 0, -1, 0, 0, 0  # an empty run: no t in [0, -1)
-    for t_us, device_id, metric_id, _value in rows:
+    for t_us, device_id, metric_id, _value in chain(rows, _END):
         if device_id == run_device and lo <= t_us < hi:
             n += 1
             mask |= 1 << metric_id
             if t_us > last:
                 last = t_us
             continue
-        if n:
-            add((run_device, lo // span), n, mask, last)
+        if n:  # the run ends: into the sums
+            key = (run_device, lo // span)
+            acc = sums.get(key)
+            if acc is None:
+                sums[key] = [n, mask, last]
+            else:
+                acc[0] += n
+                acc[1] |= mask
+                if last > acc[2]:
+                    acc[2] = last
         run_device, lo = device_id, t_us - t_us % span
         hi, n, mask, last = lo + span, 1, 1 << metric_id, t_us
-    if n:
-        add((run_device, lo // span), n, mask, last)
 
-    counted: dict[tuple[int, int], int] = {}
+    counted: Counter[tuple[int, int]] = Counter()
     if uplinks is not None:
-        for device_id, t_us in zip(uplinks.device_ids, uplinks.t_us, strict=True):
-            key = (device_id, t_us // QUARTER_US)
-            counted[key] = counted.get(key, 0) + 1
-    for key in counted.keys() - sums.keys():
-        sums[key] = [0, 0, 0]  # messages only (not from these rows): no reading, no status
-    device_ids, quarters, messages, readings, masks = [], [], [], [], []
+        counted.update(
+            zip(uplinks.device_ids, map(floordiv, uplinks.t_us, repeat(span)), strict=True)
+        )
+        for key in counted.keys() - sums.keys():
+            sums[key] = [0, 0, 0]  # messages only (not from these rows): no reading, no status
+    keys = list(sums)
+    values = list(sums.values())
     latest: dict[int, int] = {}
-    for (device_id, quarter), (n, mask, last) in sums.items():
-        device_ids.append(device_id)
-        quarters.append(quarter)
-        messages.append(counted.get((device_id, quarter), 0))
-        readings.append(n)
-        masks.append(mask)
+    for (device_id, _quarter), (n, _mask, last) in zip(keys, values, strict=True):
         if n and last > latest.get(device_id, last - 1):
             latest[device_id] = last
     return DirectBatch(
         payload,
-        device_ids,
-        quarters,
-        messages,
-        readings,
-        masks,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [counted[k] for k in keys] if counted else [0] * len(keys),
+        [v[0] for v in values],
+        [v[1] for v in values],
         list(latest),
         list(latest.values()),
     )
