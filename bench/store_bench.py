@@ -1,6 +1,6 @@
 """Store benchmark: ``Store.write`` by the direct ``COPY`` against the staging merge, same run.
 
-    .venv/bin/python bench/store_bench.py            # about a minute on a 2-core machine
+    .venv/bin/python bench/store_bench.py            # about 90 s on a 2-core machine
 
 A fresh database on the PostgreSQL at $SOBRIETY_TEST_DB_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres), the project's migrations, 1,000 devices, dropped

@@ -1,5 +1,5 @@
 """The direct-``COPY`` fast path's data, pure: a batch's binary ``COPY`` stream for ``readings``
-and its sums per device and UTC quarter hour, made in one pass over the rows.
+and its sums per device and UTC quarter hour, made in Python as the rows are packed.
 
 :mod:`ingest.store` first copies a batch straight into ``readings``; when that succeeds every
 row is new, so what the staging merge would learn from its ``RETURNING`` — readings and metrics
@@ -30,8 +30,8 @@ _END = ((-(1 << 63), 0, 0, 0.0),)
 _TUPLE = struct.Struct(">hiqiiihid")
 """One binary ``COPY`` tuple of (time, device_id, metric_id, value): 4 fields, each its length
 then its big-endian value (timestamptz: µs since 2000, int4, int2, float8). Packing it whole is
-faster than psycopg's ``write_row`` with a ``timestamptz`` dumper (3.5 against 10.8 ms of client
-CPU for 10,000 rows, measured; 19 ms with a ``datetime`` per row)."""
+faster than psycopg's ``write_row`` with a ``timestamptz`` dumper (3.5-4.5 against 10-11 ms of
+client CPU for 10,000 rows, measured; 19-28 ms with a ``datetime`` per row)."""
 
 
 @dataclass(frozen=True, slots=True)
