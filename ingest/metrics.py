@@ -79,6 +79,14 @@ class IngestMetrics:
             subsystem=sub,
             registry=registry,
         )
+        self.merged = Counter(
+            "batches_merged",
+            "Batches holding a reading already stored (a redelivery), written through the "
+            "deduplicating merge instead of the direct COPY.",
+            namespace=ns,
+            subsystem=sub,
+            registry=registry,
+        )
         self.pending = Gauge(
             "messages_pending",
             "Messages received and not yet acknowledged (not yet durable).",

@@ -69,7 +69,9 @@ class IngestService:
                 icfg.max_payload_bytes, icfg.max_records, icfg.past_window_s, icfg.future_window_s
             ),
         )
-        self.store = Store(conninfo, config.database.connect_timeout_s)
+        self.store = Store(
+            conninfo, config.database.connect_timeout_s, direct_copy=icfg.direct_copy
+        )
         self.batcher = Batcher(icfg.batch_rows, icfg.batch_ms, icfg.batch_idle_ms)
         self.stopping = threading.Event()
         self._db_retry_at = 0.0
@@ -223,6 +225,8 @@ class IngestService:
                     self.metrics.batch_write.observe(time.perf_counter() - started)
                     self.metrics.stored.inc(result.stored)
                     self.metrics.duplicates.inc(result.duplicates)
+                    if rows and not result.direct:
+                        self.metrics.merged.inc()
                     self._db_ok()
                     return True
             try:

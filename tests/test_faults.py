@@ -285,5 +285,6 @@ def test_stored_messages_are_acknowledged_and_never_redelivered(
     wait_until(lambda: town.stored() == 3001, 30, "the marker stored")
     assert again.metrics.value("messages_received_total") == 1, "acknowledged messages came back"
     assert first.metrics.value("readings_duplicate_total") == 0
+    assert first.metrics.value("batches_merged_total") == 0, "all new: every batch copied direct"
     assert "protocol error" not in town.broker.log().lower()
     pub.close()
