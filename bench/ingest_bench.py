@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -34,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from bench_support import ROOT_DIR, ingest_config
+from bench_support import ROOT_DIR, bench_services, ingest_config
 
 from app.embedded import Mosquitto
 from app.embedded.service_process import ServiceProcess
-from core.db import upgrade
 
 PY = sys.executable
 
@@ -339,71 +336,51 @@ def main() -> int:
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
 
-    server = os.environ.get("SOBRIETY_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"sobriety_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    db_url = server.rsplit("/", 1)[0] + "/" + name
     site = "bench"
-    with tempfile.TemporaryDirectory(prefix="sobriety-bench-") as tmp:
-        work = Path(tmp)
-        broker = Mosquitto(work / "broker")
-        broker.start()
-        try:
-            with psycopg.connect(db_url) as conn:
-                upgrade(conn)
-                conn.execute("INSERT INTO sites (site) VALUES (%s)", (site,))
-                with conn.cursor().copy("COPY devices (site, device, kind) FROM STDIN") as copy:
-                    for i in range(args.devices):
-                        copy.write_row((site, f"d{i}", "luminaire"))
-                conn.commit()
-            ours = run_suite(
-                "sobriety",
-                Sobriety(db_url, broker, work, "bench/sob", args.workers),
+    with bench_services(site, args.devices, "sobriety-bench-") as (db_url, broker, work):
+        ours = run_suite(
+            "sobriety",
+            Sobriety(db_url, broker, work, "bench/sob", args.workers),
+            broker,
+            "bench/sob",
+            site,
+            args.devices,
+            args.scale,
+        )
+        if not args.skip_baseline:
+            base = run_suite(
+                "naive",
+                Naive(db_url, broker, "bench/naive"),
                 broker,
-                "bench/sob",
+                "bench/naive",
                 site,
                 args.devices,
-                args.scale,
+                args.baseline_scale,
             )
-            if not args.skip_baseline:
-                base = run_suite(
-                    "naive",
-                    Naive(db_url, broker, "bench/naive"),
-                    broker,
-                    "bench/naive",
-                    site,
-                    args.devices,
-                    args.baseline_scale,
+            print("\nratio sobriety / naive (higher is better for rates, lower for latency):")
+            for key in (
+                "live10_readings_per_s",
+                "live1_messages_per_s",
+                "drain_readings_per_s",
+                "drain_wall_readings_per_s",
+                "half_load_p99_s",
+            ):
+                print(
+                    f"  {key:<24} {ours[key]:>12,.1f} / {base[key]:>12,.3f}"
+                    f" = {ours[key] / base[key]:.2f}x"
                 )
-                print("\nratio sobriety / naive (higher is better for rates, lower for latency):")
-                for key in (
-                    "live10_readings_per_s",
-                    "live1_messages_per_s",
-                    "drain_readings_per_s",
-                    "drain_wall_readings_per_s",
-                    "half_load_p99_s",
-                ):
-                    print(
-                        f"  {key:<24} {ours[key]:>12,.1f} / {base[key]:>12,.3f}"
-                        f" = {ours[key] / base[key]:.2f}x"
-                    )
-            targets = [
-                ("live10_readings_per_s", ">=", 50000),
-                ("drain_readings_per_s", ">=", 100000),
-                ("live1_messages_per_s", ">=", 10000),
-                ("half_load_p99_s", "<=", 1.0),
-                ("rss_peak_mb", "<=", 250),
-            ]
-            print("\ntargets of issue 2:")
-            for key, op, goal in targets:
-                value = ours[key]
-                ok = value >= goal if op == ">=" else value <= goal
-                print(f"  {key:<24} {value:>12,.2f} {op} {goal:<8} {'ok' if ok else 'MISSED'}")
-        finally:
-            broker.stop()
-            with psycopg.connect(server, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        targets = [
+            ("live10_readings_per_s", ">=", 50000),
+            ("drain_readings_per_s", ">=", 100000),
+            ("live1_messages_per_s", ">=", 10000),
+            ("half_load_p99_s", "<=", 1.0),
+            ("rss_peak_mb", "<=", 250),
+        ]
+        print("\ntargets of issue 2:")
+        for key, op, goal in targets:
+            value = ours[key]
+            ok = value >= goal if op == ">=" else value <= goal
+            print(f"  {key:<24} {value:>12,.2f} {op} {goal:<8} {'ok' if ok else 'MISSED'}")
     return 0
 
 

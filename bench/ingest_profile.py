@@ -23,19 +23,15 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import bench_support  # noqa: F401  (the repository on the import path, first)
 import psycopg
+from bench_support import bench_services  # the repository on the import path
 from ingest_bench import Sobriety, publish, wait_committed
 
 from app.config import load_config
-from app.embedded import Mosquitto
 from app.embedded.service_process import ServiceProcess
-from core.db import upgrade
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -115,30 +111,15 @@ def main() -> int:
         "--client", choices=("lean", "paho"), default="lean", help="the ingest's MQTT session"
     )
     args = parser.parse_args()
-    server = os.environ.get("SOBRIETY_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"sobriety_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    db_url = server.rsplit("/", 1)[0] + "/" + name
     site, root = "bench", "bench/prof"
     spy: subprocess.Popen[bytes] | None = None
-    with tempfile.TemporaryDirectory(prefix="sobriety-prof-") as tmp:
-        work = Path(tmp)
-        broker = Mosquitto(work / "broker")
-        broker.start()
+    with bench_services(site, args.devices, "sobriety-prof-") as (db_url, broker, work):
         ingest = Sobriety(db_url, broker, work, root, 1, mqtt_client=args.client)
         if args.protocol != "5":  # the same settings but the protocol
             config = load_config(ingest.procs[0].config_path, env={})
             config = config.replace(config.mqtt.model_copy(update={"protocol": args.protocol}))
             ingest.procs[0] = ServiceProcess(config, work, name="ingest-311")
         try:
-            with psycopg.connect(db_url) as conn:
-                upgrade(conn)
-                conn.execute("INSERT INTO sites (site) VALUES (%s)", (site,))
-                with conn.cursor().copy("COPY devices (site, device, kind) FROM STDIN") as copy:
-                    for i in range(args.devices):
-                        copy.write_row((site, f"d{i}", "luminaire"))
-                conn.commit()
             ingest.start()
             proc = ingest.procs[0].proc
             assert proc is not None
@@ -183,9 +164,6 @@ def main() -> int:
                 spy.send_signal(2)  # SIGINT: py-spy writes its file
                 spy.wait(timeout=60)
             ingest.stop()
-            broker.stop()
-            with psycopg.connect(server, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if spy is not None and raw.exists():
             for line in summarise(raw, args.top):
                 print(line)
