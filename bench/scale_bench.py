@@ -32,9 +32,12 @@ Runs alternate the order of N (1..max, then max..1); ratios are to N = 1 of the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -99,6 +102,21 @@ class Workers(Sobriety):
 
     def duplicates(self) -> int:
         return self._sum("sobriety_ingest_readings_duplicate_total")
+
+    def ensure_stopped(self) -> None:
+        """After an error: SIGTERM (the supervisor passes it on), then SIGKILL to all."""
+        proc = self.proc.proc
+        if proc is None or proc.poll() is not None:
+            return
+        pids = self.pids()
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
     def pids(self) -> list[int]:
         """The supervisor (or the only process) and its workers."""
@@ -172,6 +190,15 @@ def run_workers(
 ) -> dict[str, Any]:
     """The three workloads with N workers; rates, CPU per class, lost and duplicated."""
     ingest = Workers(db_url, broker, work, root, n)
+    try:
+        return _workloads(ingest, n, db_url, broker, root, args)
+    finally:
+        ingest.ensure_stopped()
+
+
+def _workloads(
+    ingest: Workers, n: int, db_url: str, broker: Mosquitto, root: str, args: argparse.Namespace
+) -> dict[str, Any]:
     assert broker.proc is not None
     broker_pid = broker.proc.pid
     pg = postgres_pids(db_url)
@@ -307,14 +334,17 @@ def run_writers(n: int, db_url: str, args: argparse.Namespace) -> dict[str, Any]
     readings = total * 10000
     elapsed = max(r[1] for r in results) - min(r[0] for r in results)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM readings").fetchone()
-        stored = int(row[0]) if row else 0
+        row = conn.execute(
+            "SELECT count(*), pg_table_size('readings'), pg_indexes_size('readings') FROM readings"
+        ).fetchone()
+        stored, table_bytes, index_bytes = (int(v) for v in row) if row else (0, 0, 0)
         conn.execute(_EMPTY)
     return {
         "n": n,
         "writers": {"rate": readings / elapsed, "readings": readings, **cpu},
         "writers_lost": readings - stored,
         "writers_duplicates": readings - sum(r[2] for r in results),
+        "bytes": (table_bytes / max(stored, 1), index_bytes / max(stored, 1)),
     }
 
 
@@ -335,7 +365,17 @@ def cpu_line(workload: dict[str, Any]) -> str:
         f"{k} {1e6 * v / readings:.1f} µs ({100 * v / whole:.0f} %)"
         for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
     ]
-    return f"machine {100 * workload['machine']:.0f} % busy; " + ", ".join(parts)
+    return (
+        f"machine {100 * workload['machine']:.0f} % busy, others {other_cores(workload):.2f}"
+        " cores; " + ", ".join(parts)
+    )
+
+
+def other_cores(workload: dict[str, Any]) -> float:
+    """Cores kept busy by what no class holds: this bench's own polling, other work on the
+    machine."""
+    used = float(sum(workload["cpu"].values()))
+    return max(float(workload["machine"]) * CORES - used / float(workload["wall"]), 0.0)
 
 
 WORKLOADS = (
@@ -350,20 +390,25 @@ def report(runs: list[dict[int, dict[str, Any]]], max_workers: int) -> None:
     """Medians (min-max) over the runs, ratios to N = 1 of the same run, CPU and verdicts."""
     print(f"\n=== {len(runs)} run(s): median (min-max); ratios to N=1 of the same run ===")
     print("busy: the machine's utilisation; PG: PostgreSQL's share of the CPU the classes used,")
-    print(f"and the cores it kept busy (of {CORES}); CPU per reading (per message for 1-record)")
+    print(f"and the cores it kept busy (of {CORES}); other: cores busy outside the classes (this")
+    print("bench's polling, other work on the machine); CPU per reading (per message, 1-record)")
     for key, title, unit in WORKLOADS:
         print(f"\n{title}, {unit}:")
-        print(f"  N  {'rate':<24} {'ratio':<18} {'busy':<13} {'PG share':<13} PG cores")
+        print(
+            f"  N  {'rate':<24} {'ratio':<18} {'busy':<13} {'PG share':<13} {'PG cores':<16}"
+            " other cores"
+        )
         for n in range(1, max_workers + 1):
             rows = [run[n][key] for run in runs]
             ratios = [run[n][key]["rate"] / run[1][key]["rate"] for run in runs]
             busy = [100 * r["machine"] for r in rows]
             share = [100 * r["cpu"]["postgresql"] / (sum(r["cpu"].values()) or 1) for r in rows]
             cores = [r["cpu"]["postgresql"] / r["wall"] for r in rows]
+            others = [other_cores(r) for r in rows]
             print(
                 f"  {n}  {spread([r['rate'] for r in rows]):<24} {spread(ratios, '{:.2f}x'):<18} "
                 f"{spread(busy, '{:.0f} %'):<13} {spread(share, '{:.0f} %'):<13} "
-                f"{spread(cores, '{:.2f}')}"
+                f"{spread(cores, '{:.2f}'):<16} {spread(others, '{:.2f}')}"
             )
             per = {
                 c: [1e6 * r["cpu"].get(c, 0.0) / r["readings"] for r in rows]
@@ -377,6 +422,13 @@ def report(runs: list[dict[int, dict[str, Any]]], max_workers: int) -> None:
 
     def total(key: str) -> int:
         return sum(run[n][key] for run in runs for n in run)
+
+    table = [run[n]["bytes"][0] for run in runs for n in run]
+    index = [run[n]["bytes"][1] for run in runs for n in run]
+    print(
+        f"\nreadings on disk after Store.write (per row): table {spread(table, '{:.0f}')} B,"
+        f" its indexes (primary key (device, metric, time) and time) {spread(index, '{:.0f}')} B"
+    )
 
     print(
         f"\nall runs and N: {total('sent'):,} readings published, {total('lost')} lost (published"
