@@ -89,9 +89,11 @@ class Workers(Sobriety):
         port = self.proc.metrics_port
         return int(sum(max(self.proc.metric(name, port + i), 0.0) for i in range(self.n)))
 
-    def start(self) -> None:
-        super().start()  # the supervisor's worker 0 is subscribed
-        deadline = time.monotonic() + 30
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start and wait until every worker is subscribed (at its SUBACK, which a broker
+        draining a backlog into the session may send late: the drain gives more time)."""
+        self.proc.start(timeout_s=timeout_s)  # worker 0 (or the only process) is subscribed
+        deadline = time.monotonic() + timeout_s
         while self._sum("sobriety_ingest_subscribed") < self.n:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not all {self.n} workers subscribed:\n{self.proc.log()}")
@@ -261,7 +263,7 @@ def _workloads(
 
 def _start(ingest: Workers, failed: list[BaseException]) -> None:
     try:
-        ingest.start()
+        ingest.start(timeout_s=900.0)
     except BaseException as exc:  # raised again by the caller
         failed.append(exc)
 
@@ -443,10 +445,10 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies message counts")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--live10", type=int, default=40000, help="10-record packs (live)")
-    parser.add_argument("--live1", type=int, default=60000, help="1-record messages (live)")
-    parser.add_argument("--drain", type=int, default=60000, help="10-record packs (backlog)")
-    parser.add_argument("--batches", type=int, default=36, help="10,000-reading batches")
+    parser.add_argument("--live10", type=int, default=30000, help="10-record packs (live)")
+    parser.add_argument("--live1", type=int, default=40000, help="1-record messages (live)")
+    parser.add_argument("--drain", type=int, default=40000, help="10-record packs (backlog)")
+    parser.add_argument("--batches", type=int, default=24, help="10,000-reading batches")
     args = parser.parse_args()
     began = time.time()
     runs: list[dict[int, dict[str, Any]]] = []
