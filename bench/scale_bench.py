@@ -19,7 +19,11 @@ duplicate counter read (a redelivered reading is stored once and counted there),
 tables emptied, so every N writes into an empty table. During each workload, the CPU seconds of
 each process class from /proc (``bench/ingest_profile.py``'s readers): the broker, PostgreSQL
 (the postmaster and its children but client backends of other databases), the ingest
-(supervisor and workers), the publisher; and the whole machine's utilisation (/proc/stat).
+(supervisor and workers), the publisher; the whole machine's utilisation (/proc/stat), and the
+cores kept busy outside these classes (this bench's polling, other work on a shared machine).
+The drain's ingest CPU leaves out the workers' start-up (as measured at the first start of the
+same N): at small ``--scale`` that figure is unreliable. Readings on disk per row (table and
+indexes) are read after each ``Store.write`` step.
 
 Then the database ceiling: N writer processes, no MQTT, each calling ``ingest.store.Store.write``
 on pre-built batches of 10,000 readings — 1,000 10-record packs decoded by ``ingest.pipeline``
