@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
@@ -250,9 +251,10 @@ def _workloads(
         raise failed[0]
     t_first, c_first = first[0] if first else (started, before)
     cpu["cpu"]["ingest"] = max(cpu["cpu"]["ingest"] - startup, 0.0)
-    res["drain"] = {
-        "rate": (messages * 10 - c_first) / max(done - t_first, 1e-3),
-        "readings": messages * 10,
+    total = messages * 10
+    res["drain"] = {  # a backlog mostly stored before the first poll (a small --scale): no figure
+        "rate": (total - c_first) / max(done - t_first, 1e-3) if c_first < total / 2 else math.nan,
+        "readings": total,
         **cpu,
     }
     res["duplicates"] = ingest.duplicates()
@@ -298,7 +300,7 @@ def _writer(
     for b in range(batches):
         batcher = Batcher(max_rows=10000, max_ms=60000)
         for topic, payload in _packs(first + b * 1000, 1000, devices, t0):
-            batcher.add(pipeline.process(topic, payload, now), None)
+            batcher.add_many([(pipeline.process(topic, payload, now), None)])
         batch = batcher.take(0)
         if batch is None or len(batch.rows) != 10000:
             raise RuntimeError(f"batch {b}: {batch.rejections[:1] if batch else 'not due'}")
@@ -354,8 +356,16 @@ def run_writers(n: int, db_url: str, args: argparse.Namespace) -> dict[str, Any]
     }
 
 
+def ratio(value: float, base: float) -> float:
+    """``value / base``, NaN where either is no figure."""
+    return value / base if base > 0 and math.isfinite(value) else math.nan
+
+
 def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
-    """``median (min-max)``."""
+    """``median (min-max)`` of the figures that exist (``-`` when none does)."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return "-"
     if len(values) == 1:
         return fmt.format(values[0])
     lo, mid, hi = min(values), statistics.median(values), max(values)
@@ -406,7 +416,7 @@ def report(runs: list[dict[int, dict[str, Any]]], max_workers: int) -> None:
         )
         for n in range(1, max_workers + 1):
             rows = [run[n][key] for run in runs]
-            ratios = [run[n][key]["rate"] / run[1][key]["rate"] for run in runs]
+            ratios = [ratio(run[n][key]["rate"], run[1][key]["rate"]) for run in runs]
             busy = [100 * r["machine"] for r in rows]
             share = [100 * r["cpu"]["postgresql"] / (sum(r["cpu"].values()) or 1) for r in rows]
             cores = [r["cpu"]["postgresql"] / r["wall"] for r in rows]

@@ -49,10 +49,6 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
 
-    def add(self, outcome: Outcome, ack: tuple[int, int, int] | None) -> bool:
-        """Add one message's outcome; False when closed (the message stays unacknowledged)."""
-        return self.add_many([(outcome, ack)])
-
     def add_many(self, outcomes: list[tuple[Outcome, tuple[int, int, int] | None]]) -> bool:
         """Add the outcomes of messages received together (one lock, one wake-up); False when
         closed (the messages stay unacknowledged).

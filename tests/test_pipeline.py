@@ -148,13 +148,13 @@ def test_a_batch_closes_when_no_message_comes() -> None:
 
     batcher = Batcher(max_rows=1_000_000, max_ms=600_000, idle_ms=20)
     for mid in (1, 2, 3):
-        batcher.add(Outcome(), (0, mid, 1))
+        batcher.add_many([(Outcome(), (0, mid, 1))])
     batch = batcher.take(timeout=30.0)  # due 20 ms after the third message, not in 10 minutes
     assert batch is not None
     assert batch.messages == 3
     assert [mid for _g, mid, _q in batch.acks] == [1, 2, 3]
     without_idle = Batcher(max_rows=1_000_000, max_ms=600_000, idle_ms=0)
-    without_idle.add(Outcome(), (0, 1, 1))
+    without_idle.add_many([(Outcome(), (0, 1, 1))])
     assert without_idle.take(timeout=0.2) is None  # only the size or the age closes it then
 
 
@@ -173,7 +173,7 @@ def test_a_full_batch_holds_the_receiver_until_the_writer_takes_it() -> None:
     results: list[bool] = []
 
     def receiver() -> None:
-        results.append(batcher.add(Outcome(rows=[row]), (0, 3, 1)))
+        results.append(batcher.add_many([(Outcome(rows=[row]), (0, 3, 1))]))
         added.set()
 
     thread = threading.Thread(target=receiver)
@@ -185,8 +185,9 @@ def test_a_full_batch_holds_the_receiver_until_the_writer_takes_it() -> None:
     assert added.wait(5.0)
     thread.join()
     assert results == [True]
-    assert batcher.add(Outcome(rows=[row]), (0, 4, 1))  # full again: 3 and 4
-    late = threading.Thread(target=lambda: results.append(batcher.add(Outcome(), (0, 5, 1))))
+    assert batcher.add_many([(Outcome(rows=[row]), (0, 4, 1))])  # full again: 3 and 4
+    fifth = [(Outcome(), (0, 5, 1))]
+    late = threading.Thread(target=lambda: results.append(batcher.add_many(fifth)))
     late.start()
     batcher.close()
     late.join(5.0)
